@@ -1,0 +1,291 @@
+//! The vhost-user glue: virtio-fs features, config space, queues, and the path from a kick to
+//! a completed request. Requests from every queue run on the worker pool; a reply is added to
+//! the used ring only after the filesystem finished the operation.
+
+mod pool;
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::Duration;
+
+use log::{debug, info, warn};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VringMutex, VringT};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::{DescriptorChain, QueueT};
+use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier};
+
+use crate::fs::Filesystem;
+use crate::fuse::Server;
+use crate::fuse::abi::Opcode;
+use crate::fuse::chain::{GuestMem, Reader, Writer};
+pub use pool::prepare_worker_thread;
+
+/// Length of the virtio-fs config space: tag[36] + le32 num_request_queues.
+pub const CONFIG_LEN: usize = 40;
+/// Longest tag the config space holds.
+pub const MAX_TAG_LEN: usize = 36;
+/// Most SETLKW requests allowed to wait on their own threads at once.
+const MAX_LOCK_WAITERS: usize = 64;
+
+type Chain = DescriptorChain<Arc<GuestMem>>;
+
+/// Device configuration.
+#[derive(Clone, Debug)]
+pub struct DeviceConfig {
+    pub tag: Option<String>,
+    pub num_request_queues: usize,
+    pub queue_size: usize,
+    pub thread_pool_size: usize,
+}
+
+/// Requests in flight on one queue, so GET_VRING_BASE can wait for them.
+#[derive(Default)]
+struct Inflight {
+    count: Mutex<usize>,
+    idle: Condvar,
+}
+
+/// The virtio-fs vhost-user backend.
+pub struct FsDevice<F: Filesystem + 'static> {
+    cfg: DeviceConfig,
+    server: Arc<Server<F>>,
+    mem: RwLock<Option<GuestMemoryAtomic<GuestMem>>>,
+    event_idx: AtomicBool,
+    pool: pool::Pool,
+    inflight: Vec<Arc<Inflight>>,
+    lock_waiters: Arc<AtomicUsize>,
+}
+
+/// A failure to start or run the device.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// Worker threads could not be started.
+    #[error("cannot start worker threads: {0}")]
+    Threads(io::Error),
+}
+
+impl<F: Filesystem + 'static> FsDevice<F> {
+    /// A device serving `server`.
+    pub fn new(cfg: DeviceConfig, server: Server<F>) -> Result<FsDevice<F>, DeviceError> {
+        let pool = pool::Pool::new(cfg.thread_pool_size).map_err(DeviceError::Threads)?;
+        let inflight = (0..=cfg.num_request_queues).map(|_| Arc::new(Inflight::default())).collect();
+        Ok(FsDevice {
+            cfg,
+            server: Arc::new(server),
+            mem: RwLock::new(None),
+            event_idx: AtomicBool::new(false),
+            pool,
+            inflight,
+            lock_waiters: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// The frontend went away: end the FUSE session (unmaps, closes every handle).
+    pub fn disconnected(&self) {
+        info!("frontend disconnected; session state dropped");
+        self.server.reset();
+        if let Ok(mut m) = self.mem.write() {
+            m.take();
+        }
+    }
+
+    /// Stops the worker pool (at exit).
+    pub fn shutdown(&self) {
+        self.pool.shutdown();
+    }
+
+    fn config_bytes(&self) -> [u8; CONFIG_LEN] {
+        let mut c = [0u8; CONFIG_LEN];
+        let tag = self.cfg.tag.as_deref().unwrap_or_default().as_bytes();
+        for (d, s) in c.iter_mut().zip(tag.iter().take(MAX_TAG_LEN)) {
+            *d = *s;
+        }
+        let nq = u32::try_from(self.cfg.num_request_queues).unwrap_or(1).to_le_bytes();
+        for (d, s) in c.iter_mut().skip(MAX_TAG_LEN).zip(nq) {
+            *d = s;
+        }
+        c
+    }
+
+    /// Pops every available chain of `vring` and hands each to a worker.
+    fn drain_queue(&self, qidx: usize, vring: &VringMutex<GuestMemoryAtomic<GuestMem>>) -> io::Result<()> {
+        let Some(mem) = self.mem.read().ok().and_then(|m| m.as_ref().map(|a| a.memory().into_inner())) else {
+            return Ok(());
+        };
+        let event_idx = self.event_idx.load(Ordering::Relaxed);
+        loop {
+            if event_idx {
+                vring.disable_notification().map_err(io::Error::other)?;
+            }
+            while let Some(chain) = vring.get_mut().get_queue_mut().pop_descriptor_chain(Arc::clone(&mem)) {
+                self.submit(qidx, vring.clone(), Arc::clone(&mem), chain);
+            }
+            if !event_idx || !vring.enable_notification().map_err(io::Error::other)? {
+                return Ok(());
+            }
+        }
+    }
+
+    fn submit(&self, qidx: usize, vring: VringMutex<GuestMemoryAtomic<GuestMem>>, mem: Arc<GuestMem>, chain: Chain) {
+        let blocking = peek_opcode(&chain) == Some(Opcode::Setlkw as u32);
+        let server = Arc::clone(&self.server);
+        let inflight = self.inflight.get(qidx).cloned().unwrap_or_default();
+        if let Ok(mut n) = inflight.count.lock() {
+            *n += 1;
+        }
+        let job = move || {
+            complete(&server, &vring, &mem, chain);
+            if let Ok(mut n) = inflight.count.lock() {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    inflight.idle.notify_all();
+                }
+            }
+        };
+        // SETLKW may wait forever for another owner: never let it hold a pool worker.
+        if blocking && self.lock_waiters.fetch_add(1, Ordering::AcqRel) < MAX_LOCK_WAITERS {
+            let waiters = Arc::clone(&self.lock_waiters);
+            let spawned = std::thread::Builder::new().name("daxfsd-lock".into()).spawn(move || {
+                prepare_worker_thread();
+                job();
+                waiters.fetch_sub(1, Ordering::AcqRel);
+            });
+            if let Err(e) = spawned {
+                warn!("cannot start a lock waiter thread: {e}");
+            }
+            return;
+        }
+        if blocking {
+            self.lock_waiters.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.pool.submit(Box::new(job));
+    }
+}
+
+/// The opcode of a chain's request, read from its first descriptor without consuming it.
+fn peek_opcode(chain: &Chain) -> Option<u32> {
+    let first = chain.clone().next()?;
+    if first.is_write_only() || first.len() < 8 {
+        return None;
+    }
+    chain.memory().read_obj::<u32>(vm_memory::GuestAddress(first.addr().0.checked_add(4)?)).ok()
+}
+
+/// Runs one request and puts its chain in the used ring, signalling the guest if it wants.
+fn complete<F: Filesystem>(server: &Server<F>, vring: &VringMutex<GuestMemoryAtomic<GuestMem>>, mem: &GuestMem, chain: Chain) {
+    let head = chain.head_index();
+    let used = match (Reader::new(mem, chain.clone()), Writer::new(mem, chain)) {
+        (Ok(mut r), Ok(mut w)) => server.handle(&mut r, &mut w),
+        (Err(e), _) | (_, Err(e)) => {
+            warn!("unusable descriptor chain {head}: {e}");
+            0
+        }
+    };
+    let used = u32::try_from(used).unwrap_or(0);
+    let mut state = vring.get_mut();
+    if let Err(e) = state.add_used(head, used) {
+        warn!("cannot return chain {head} to the used ring: {e}");
+        return;
+    }
+    match state.needs_notification() {
+        Ok(false) => {}
+        Ok(true) | Err(_) => {
+            if let Err(e) = state.signal_used_queue() {
+                debug!("cannot signal the guest: {e}");
+            }
+        }
+    }
+}
+
+impl<F: Filesystem + 'static> VhostUserBackend for FsDevice<F> {
+    type Bitmap = ();
+    type Vring = VringMutex<GuestMemoryAtomic<GuestMem>>;
+
+    fn num_queues(&self) -> usize {
+        1 + self.cfg.num_request_queues
+    }
+
+    fn max_queue_size(&self) -> usize {
+        self.cfg.queue_size
+    }
+
+    fn features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        let mut f = VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::BACKEND_REQ
+            | VhostUserProtocolFeatures::BACKEND_SEND_FD
+            | VhostUserProtocolFeatures::RESET_DEVICE
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
+        if self.cfg.tag.is_some() {
+            f |= VhostUserProtocolFeatures::CONFIG;
+        }
+        f
+    }
+
+    fn reset_device(&self) {
+        info!("device reset");
+        self.server.reset();
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.event_idx.store(enabled, Ordering::Relaxed);
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let c = self.config_bytes();
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let len = usize::try_from(size).unwrap_or(0);
+        (0..len).map(|i| start.checked_add(i).and_then(|j| c.get(j)).copied().unwrap_or(0)).collect()
+    }
+
+    fn update_memory(&self, mem: GuestMemoryAtomic<GuestMem>) -> io::Result<()> {
+        let mut m = self.mem.write().map_err(|_| io::Error::other("memory lock poisoned"))?;
+        *m = Some(mem);
+        Ok(())
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        let Some(inflight) = usize::try_from(queue_index).ok().and_then(|i| self.inflight.get(i)) else {
+            return Ok(());
+        };
+        let Ok(n) = inflight.count.lock() else { return Ok(()) };
+        // Bounded: a request blocked on a lock must not wedge the frontend forever.
+        let (n, timeout) = inflight
+            .idle
+            .wait_timeout_while(n, Duration::from_secs(5), |n| *n > 0)
+            .map_err(|_| io::Error::other("inflight lock poisoned"))?;
+        if timeout.timed_out() {
+            warn!("queue {queue_index} stopped with {} requests still running", *n);
+        }
+        Ok(())
+    }
+
+    fn handle_event(&self, device_event: u16, evset: EventSet, vrings: &[Self::Vring], _thread: usize) -> io::Result<()> {
+        if evset != EventSet::IN {
+            warn!("unexpected event set {evset:?} on queue {device_event}");
+            return Ok(());
+        }
+        let qidx = usize::from(device_event);
+        let Some(vring) = vrings.get(qidx) else {
+            warn!("event for unknown queue {device_event}");
+            return Ok(());
+        };
+        self.drain_queue(qidx, vring)
+    }
+}

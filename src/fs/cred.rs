@@ -1,0 +1,73 @@
+//! Per-thread credential switching: the caller's fsuid/fsgid and groups for the duration of one
+//! host operation, so the host kernel applies ownership and permission rules as for the caller.
+//! Restored on drop; failure to restore is logged (the thread keeps serving as the caller).
+
+use std::io;
+
+use log::error;
+
+use super::Context;
+use super::sys;
+
+/// Holds a switched identity; dropping it restores the daemon's.
+pub struct ScopedCreds {
+    saved: Option<Saved>,
+}
+
+struct Saved {
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
+}
+
+impl ScopedCreds {
+    /// Takes on `ctx`'s fsuid, fsgid and supplementary groups. A no-op when the daemon is not
+    /// root (it could not switch) or when the caller is root (nothing to enforce).
+    pub fn switch(ctx: &Context) -> io::Result<ScopedCreds> {
+        if sys::geteuid() != 0 || (ctx.uid == 0 && ctx.gid == 0) {
+            return Ok(ScopedCreds { saved: None });
+        }
+        let groups = sys::getgroups()?;
+        sys::setgroups_thread(&ctx.groups)?;
+        // Group first: once the fsuid is not 0 the thread may lose CAP_SETGID's effect on fs ops.
+        let gid = sys::setfsgid(ctx.gid);
+        let uid = sys::setfsuid(ctx.uid);
+        // setfsuid reports no errors; asking again (with an invalid id) returns the current one.
+        if sys::setfsuid(u32::MAX) != ctx.uid || sys::setfsgid(u32::MAX) != ctx.gid {
+            let restore = ScopedCreds { saved: Some(Saved { uid, gid, groups }) };
+            drop(restore);
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
+        Ok(ScopedCreds { saved: Some(Saved { uid, gid, groups }) })
+    }
+}
+
+impl Drop for ScopedCreds {
+    fn drop(&mut self) {
+        let Some(saved) = self.saved.take() else { return };
+        sys::setfsuid(saved.uid);
+        sys::setfsgid(saved.gid);
+        if let Err(e) = sys::setgroups_thread(&saved.groups) {
+            error!("cannot restore supplementary groups: {e}");
+        }
+        if sys::setfsuid(u32::MAX) != saved.uid {
+            error!("cannot restore fsuid {}", saved.uid);
+        }
+    }
+}
+
+/// Holds a thread umask for one create; restores the old one on drop.
+pub struct ScopedUmask(u32);
+
+impl ScopedUmask {
+    /// Sets the thread's umask (workers unshare CLONE_FS, so this is per-thread).
+    pub fn set(mask: u32) -> ScopedUmask {
+        ScopedUmask(sys::umask(mask & 0o777))
+    }
+}
+
+impl Drop for ScopedUmask {
+    fn drop(&mut self) {
+        sys::umask(self.0);
+    }
+}

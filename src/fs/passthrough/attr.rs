@@ -1,0 +1,53 @@
+//! SETATTR: chmod, chown, truncate and utimes, run as the caller so the host enforces the same
+//! rules a local filesystem would.
+
+use std::io;
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use super::Passthrough;
+use crate::fs::cred::ScopedCreds;
+use crate::fs::{Attr, Context, HandleId, NodeId, SetAttr, TimeSet, sys};
+
+fn timespec(t: TimeSet) -> libc::timespec {
+    match t {
+        TimeSet::Omit => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+        TimeSet::Now => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
+        TimeSet::At(s, ns) => libc::timespec { tv_sec: s, tv_nsec: i64::from(ns) },
+    }
+}
+
+impl Passthrough {
+    pub(super) fn do_setattr(&self, ctx: &Context, node: NodeId, fh: Option<HandleId>, set: SetAttr) -> io::Result<(Attr, Duration)> {
+        let inode = self.inode(node)?;
+        let handle = fh.map(|fh| self.handles.get(fh, node)).transpose()?;
+        let proc_name = sys::fd_name(inode.path_fd());
+        let proc_fd = self.proc_fd.as_fd();
+        let _creds = ScopedCreds::switch(ctx)?;
+        if let Some(mode) = set.mode {
+            match &handle {
+                Some(h) => sys::fchmod(h.as_fd(), mode)?,
+                None => sys::fchmodat(proc_fd, &proc_name, mode)?,
+            }
+        }
+        if set.uid.is_some() || set.gid.is_some() {
+            sys::fchown(inode.path_fd(), set.uid.unwrap_or(u32::MAX), set.gid.unwrap_or(u32::MAX))?;
+        }
+        if let Some(size) = set.size {
+            match &handle {
+                // The guest checked write access when it opened the handle.
+                Some(h) => sys::ftruncate(h.as_fd(), size)?,
+                None => sys::ftruncate(self.reopen(&inode, libc::O_WRONLY)?.as_fd(), size)?,
+            }
+        }
+        if set.atime != TimeSet::Omit || set.mtime != TimeSet::Omit {
+            let times = [timespec(set.atime), timespec(set.mtime)];
+            match &handle {
+                Some(h) => sys::futimens(h.as_fd(), &times)?,
+                None => sys::utimensat(proc_fd, &proc_name, &times)?,
+            }
+        }
+        let (attr, mnt_id) = sys::statx(inode.path_fd())?;
+        Ok((self.decorate(attr, mnt_id, None), self.cfg.cache.timeout()))
+    }
+}

@@ -1,0 +1,127 @@
+//! Name-space operations: create, mknod, mkdir, symlink, link, unlink, rename, access, tmpfile.
+//! Creations run under the caller's credentials so the host gives new nodes the right owner.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use super::inodes::InodeKey;
+use super::{Passthrough, check_name, errno};
+use crate::fs::cred::{ScopedCreds, ScopedUmask};
+use crate::fs::{Context, CreateParams, Entry, HandleId, NodeId, OpenOptions, sys};
+
+impl Passthrough {
+    /// Runs `op` on `parent`'s fd as the caller, with the right umask, then looks `name` up.
+    fn make_node<F>(&self, ctx: &Context, parent: NodeId, name: &CStr, umask: u32, op: F) -> io::Result<Entry>
+    where
+        F: FnOnce(BorrowedFd<'_>) -> io::Result<()>,
+    {
+        self.check_writable()?;
+        check_name(name)?;
+        let parent = self.inode(parent)?;
+        {
+            let _creds = ScopedCreds::switch(ctx)?;
+            let _umask = ScopedUmask::set(self.create_umask(umask));
+            op(parent.path_fd())?;
+        }
+        self.do_lookup(&parent, name)
+    }
+
+    /// With POSIX ACLs the guest leaves the umask to us; otherwise it already applied it.
+    fn create_umask(&self, umask: u32) -> u32 {
+        if self.posix_acl.load(std::sync::atomic::Ordering::Relaxed) { umask } else { 0 }
+    }
+
+    pub(super) fn do_symlink(&self, ctx: &Context, parent: NodeId, name: &CStr, target: &CStr) -> io::Result<Entry> {
+        self.make_node(ctx, parent, name, 0, |dir| sys::symlinkat(target, dir, name))
+    }
+
+    pub(super) fn do_mknod(&self, ctx: &Context, parent: NodeId, name: &CStr, p: CreateParams) -> io::Result<Entry> {
+        self.make_node(ctx, parent, name, p.umask, |dir| sys::mknodat(dir, name, p.mode, u64::from(p.rdev)))
+    }
+
+    pub(super) fn do_mkdir(&self, ctx: &Context, parent: NodeId, name: &CStr, p: CreateParams) -> io::Result<Entry> {
+        self.make_node(ctx, parent, name, p.umask, |dir| sys::mkdirat(dir, name, p.mode))
+    }
+
+    pub(super) fn do_unlink(&self, ctx: &Context, parent: NodeId, name: &CStr, flags: i32) -> io::Result<()> {
+        self.check_writable()?;
+        check_name(name)?;
+        let parent = self.inode(parent)?;
+        let _creds = ScopedCreds::switch(ctx)?;
+        sys::unlinkat(parent.path_fd(), name, flags)
+    }
+
+    pub(super) fn do_rename(&self, ctx: &Context, from: (NodeId, &CStr), to: (NodeId, &CStr), flags: u32) -> io::Result<()> {
+        self.check_writable()?;
+        check_name(from.1)?;
+        check_name(to.1)?;
+        let old = self.inode(from.0)?;
+        let new = self.inode(to.0)?;
+        let _creds = ScopedCreds::switch(ctx)?;
+        sys::renameat2(old.path_fd(), from.1, new.path_fd(), to.1, flags)
+    }
+
+    pub(super) fn do_link(&self, ctx: &Context, node: NodeId, parent: NodeId, name: &CStr) -> io::Result<Entry> {
+        let inode = self.inode(node)?;
+        let proc_name = sys::fd_name(inode.path_fd());
+        let proc_fd = self.proc_fd.as_fd();
+        // /proc/self/fd/N followed with AT_SYMLINK_FOLLOW names the inode itself.
+        self.make_node(ctx, parent, name, 0, |dir| {
+            sys::linkat(proc_fd, &proc_name, dir, name, libc::AT_SYMLINK_FOLLOW)
+        })
+    }
+
+    pub(super) fn do_access(&self, ctx: &Context, node: NodeId, mask: u32) -> io::Result<()> {
+        let inode = self.inode(node)?;
+        let mask = i32::try_from(mask).map_err(|_| errno(libc::EINVAL))?;
+        if mask & libc::W_OK != 0 {
+            self.check_writable()?;
+        }
+        let _creds = ScopedCreds::switch(ctx)?;
+        let name = sys::fd_name(inode.path_fd());
+        sys::faccessat(self.proc_fd.as_fd(), &name, mask)
+    }
+
+    /// CREATE (with a name) or TMPFILE (without): creates, opens and looks up in one go.
+    pub(super) fn do_create(&self, ctx: &Context, parent: NodeId, name: Option<&CStr>, p: CreateParams) -> io::Result<(Entry, HandleId, OpenOptions)> {
+        self.check_writable()?;
+        if let Some(name) = name {
+            check_name(name)?;
+        }
+        let parent_inode = self.inode(parent)?;
+        let guest = i32::from_ne_bytes(p.flags.to_ne_bytes());
+        let mut flags = self.host_open_flags(p.flags) | libc::O_NOFOLLOW;
+        let fd = {
+            let _creds = ScopedCreds::switch(ctx)?;
+            let _umask = ScopedUmask::set(self.create_umask(p.umask));
+            match name {
+                Some(name) => {
+                    flags |= libc::O_CREAT | (guest & libc::O_EXCL);
+                    sys::openat_beneath(parent_inode.path_fd(), name, flags, p.mode)?
+                }
+                None => {
+                    flags = (flags & !libc::O_NOFOLLOW) | libc::O_TMPFILE;
+                    sys::openat(parent_inode.path_fd(), c".", flags, p.mode)?
+                }
+            }
+        };
+        let entry = match name {
+            Some(name) => self.do_lookup(&parent_inode, name)?,
+            None => self.insert_open_file(fd.as_fd())?,
+        };
+        let inode = self.inode(entry.nodeid)?;
+        let fh = self.handles.insert(fd, inode)?;
+        Ok((entry, fh, self.file_open_options()))
+    }
+
+    /// Registers the inode behind an open fd (for O_TMPFILE, which has no name to look up).
+    fn insert_open_file(&self, fd: BorrowedFd<'_>) -> io::Result<Entry> {
+        let name = sys::fd_name(fd);
+        let path_fd = sys::openat(self.proc_fd.as_fd(), &name, libc::O_PATH, 0)?;
+        let (attr, mnt_id) = sys::statx(path_fd.as_fd())?;
+        let key = InodeKey { dev: attr.dev, ino: attr.ino, mnt_id };
+        let nodeid = self.inodes.lookup_or_insert(key, attr.mode & libc::S_IFMT, path_fd)?;
+        Ok(self.entry(nodeid, self.decorate(attr, mnt_id, None)))
+    }
+}

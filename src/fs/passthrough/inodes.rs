@@ -1,0 +1,135 @@
+//! The inode table: guest node ids -> host inodes held as O_PATH fds, deduplicated by
+//! (st_dev, st_ino, mount id), with FUSE lookup counts. Owns no policy.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::fs::{NodeId, ROOT_ID};
+
+/// What identifies a host inode across lookups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct InodeKey {
+    pub dev: u64,
+    pub ino: u64,
+    pub mnt_id: u64,
+}
+
+/// One host inode the guest knows.
+#[derive(Debug)]
+pub struct Inode {
+    /// An O_PATH|O_NOFOLLOW fd for the inode.
+    pub fd: OwnedFd,
+    /// Its identity.
+    pub key: InodeKey,
+    /// The S_IFMT bits: fixed for an inode's life.
+    pub file_type: u32,
+    /// Its node id.
+    pub nodeid: NodeId,
+    /// FUSE lookup count.
+    refs: AtomicU64,
+    /// POSIX lock owners -> the open file description their OFD locks live on.
+    pub lock_owners: Mutex<HashMap<u64, Arc<OwnedFd>>>,
+}
+
+impl Inode {
+    /// The O_PATH fd.
+    pub fn path_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Whether this inode may be opened for I/O (regular files and directories only).
+    pub fn is_openable(&self) -> bool {
+        self.file_type == libc::S_IFREG || self.file_type == libc::S_IFDIR
+    }
+
+    /// Whether this is a directory.
+    pub fn is_dir(&self) -> bool {
+        self.file_type == libc::S_IFDIR
+    }
+}
+
+#[derive(Default)]
+struct Tables {
+    by_id: HashMap<NodeId, Arc<Inode>>,
+    by_key: HashMap<InodeKey, NodeId>,
+}
+
+/// All inodes of the session.
+pub struct InodeTable {
+    tables: RwLock<Tables>,
+    next_id: AtomicU64,
+}
+
+fn stale() -> io::Error {
+    io::Error::from_raw_os_error(libc::ENOENT)
+}
+
+impl InodeTable {
+    /// An empty table.
+    pub fn new() -> InodeTable {
+        InodeTable { tables: RwLock::new(Tables::default()), next_id: AtomicU64::new(ROOT_ID.0 + 1) }
+    }
+
+    /// The inode for `id`, or ENOENT (the guest sent a node id it does not hold).
+    pub fn get(&self, id: NodeId) -> io::Result<Arc<Inode>> {
+        let t = self.tables.read().map_err(|_| stale())?;
+        t.by_id.get(&id).cloned().ok_or_else(stale)
+    }
+
+    /// Installs the root (lookup count 2, never forgotten).
+    pub fn set_root(&self, fd: OwnedFd, key: InodeKey) -> io::Result<()> {
+        let mut t = self.tables.write().map_err(|_| stale())?;
+        t.by_id.clear();
+        t.by_key.clear();
+        let root = Inode { fd, key, file_type: libc::S_IFDIR, nodeid: ROOT_ID, refs: AtomicU64::new(2), lock_owners: Mutex::default() };
+        t.by_id.insert(ROOT_ID, Arc::new(root));
+        t.by_key.insert(key, ROOT_ID);
+        Ok(())
+    }
+
+    /// Adds one lookup of the inode `key`, inserting it with `fd` if new. Returns its node id.
+    pub fn lookup_or_insert(&self, key: InodeKey, file_type: u32, fd: OwnedFd) -> io::Result<NodeId> {
+        let mut t = self.tables.write().map_err(|_| stale())?;
+        if let Some(id) = t.by_key.get(&key).copied() {
+            if let Some(inode) = t.by_id.get(&id) {
+                inode.refs.fetch_add(1, Ordering::Relaxed);
+                return Ok(id);
+            }
+        }
+        let nodeid = NodeId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let inode = Inode { fd, key, file_type, nodeid, refs: AtomicU64::new(1), lock_owners: Mutex::default() };
+        t.by_id.insert(nodeid, Arc::new(inode));
+        t.by_key.insert(key, nodeid);
+        Ok(nodeid)
+    }
+
+    /// Drops `n` lookups; forgets the inode at zero. The root is never forgotten.
+    pub fn forget(&self, id: NodeId, n: u64) {
+        if id == ROOT_ID {
+            return;
+        }
+        let Ok(mut t) = self.tables.write() else { return };
+        let Some(inode) = t.by_id.get(&id) else { return };
+        let old = inode.refs.load(Ordering::Relaxed);
+        let new = old.saturating_sub(n);
+        inode.refs.store(new, Ordering::Relaxed);
+        if new == 0 {
+            let key = inode.key;
+            t.by_id.remove(&id);
+            if t.by_key.get(&key) == Some(&id) {
+                t.by_key.remove(&key);
+            }
+        }
+    }
+
+    /// Drops everything but keeps the id counter running (ids are never reused in a process).
+    pub fn clear(&self) {
+        if let Ok(mut t) = self.tables.write() {
+            t.by_id.clear();
+            t.by_key.clear();
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! POSIX record locks forwarded to the host as OFD locks, one open file description per guest
+//! lock owner and inode, so the host arbitrates between guests and host processes. flock(2)
+//! requests go to the handle's own description.
+
+use std::io;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use super::handles::Handle;
+use super::inodes::Inode;
+use super::{Passthrough, errno};
+use crate::fs::{Lock, LockRequest, sys};
+
+/// The kernel's OFFSET_MAX: a lock "to end of file".
+const OFFSET_MAX: u64 = i64::MAX as u64;
+
+fn to_flock(l: Lock) -> io::Result<libc::flock> {
+    let inval = || errno(libc::EINVAL);
+    let start = i64::try_from(l.start).map_err(|_| inval())?;
+    let len = if l.end >= OFFSET_MAX { 0 } else { i64::try_from(l.end - l.start.min(l.end) + 1).map_err(|_| inval())? };
+    let typ = i16::try_from(l.typ).map_err(|_| inval())?;
+    let typ32 = i32::from(typ);
+    if ![libc::F_RDLCK, libc::F_WRLCK, libc::F_UNLCK].contains(&typ32) || l.end < l.start {
+        return Err(inval());
+    }
+    let whence = i16::try_from(libc::SEEK_SET).unwrap_or(0);
+    Ok(libc::flock { l_type: typ, l_whence: whence, l_start: start, l_len: len, l_pid: 0 })
+}
+
+fn from_flock(fl: &libc::flock) -> Lock {
+    let start = u64::try_from(fl.l_start).unwrap_or(0);
+    let end = match u64::try_from(fl.l_len) {
+        Ok(0) | Err(_) => OFFSET_MAX,
+        Ok(len) => start.saturating_add(len) - 1,
+    };
+    Lock { start, end, typ: u32::try_from(fl.l_type).unwrap_or(0), pid: u32::try_from(fl.l_pid).unwrap_or(0) }
+}
+
+/// The open file description holding `owner`'s locks on `inode`, opened on first use.
+fn owner_fd(fs: &Passthrough, inode: &Inode, owner: u64) -> io::Result<Arc<std::os::fd::OwnedFd>> {
+    let mut owners = inode.lock_owners.lock().map_err(|_| errno(libc::EIO))?;
+    if let Some(fd) = owners.get(&owner) {
+        return Ok(Arc::clone(fd));
+    }
+    let fd = fs.reopen(inode, libc::O_RDWR).or_else(|_| fs.reopen(inode, libc::O_RDONLY))?;
+    let fd = Arc::new(fd);
+    owners.insert(owner, Arc::clone(&fd));
+    Ok(fd)
+}
+
+/// F_GETLK: the first conflicting lock, or F_UNLCK.
+pub fn getlk(fs: &Passthrough, h: &Handle, req: LockRequest) -> io::Result<Lock> {
+    let mut fl = to_flock(req.lock)?;
+    let fd = owner_fd(fs, &h.inode, req.owner)?;
+    sys::ofd_lock(fd.as_fd(), libc::F_OFD_GETLK, &mut fl)?;
+    let mut out = from_flock(&fl);
+    if fl.l_type == i16::try_from(libc::F_UNLCK).unwrap_or(2) {
+        out = Lock { typ: out.typ, ..req.lock };
+    }
+    Ok(out)
+}
+
+/// F_SETLK/F_SETLKW, or flock when `req.flock`.
+pub fn setlk(fs: &Passthrough, h: &Handle, req: LockRequest) -> io::Result<()> {
+    if req.flock {
+        let mut op = match i32::try_from(req.lock.typ).unwrap_or(-1) {
+            libc::F_RDLCK => libc::LOCK_SH,
+            libc::F_WRLCK => libc::LOCK_EX,
+            libc::F_UNLCK => libc::LOCK_UN,
+            _ => return Err(errno(libc::EINVAL)),
+        };
+        if !req.sleep {
+            op |= libc::LOCK_NB;
+        }
+        return sys::flock(h.as_fd(), op);
+    }
+    let mut fl = to_flock(req.lock)?;
+    let fd = owner_fd(fs, &h.inode, req.owner)?;
+    let cmd = if req.sleep { libc::F_OFD_SETLKW } else { libc::F_OFD_SETLK };
+    sys::ofd_lock(fd.as_fd(), cmd, &mut fl)
+}
+
+/// Drops every lock `owner` holds on `inode` (close(2) of any of its guest fds).
+pub fn drop_owner(inode: &Inode, owner: u64) {
+    if let Ok(mut owners) = inode.lock_owners.lock() {
+        owners.remove(&owner);
+    }
+}

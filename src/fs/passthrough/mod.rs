@@ -1,0 +1,408 @@
+//! The passthrough filesystem: serves a host directory to the guest. Every guest name is
+//! resolved relative to its parent's O_PATH fd and kept beneath it; FIFOs, sockets and device
+//! nodes are never opened for I/O. The ops live by family in the sibling files.
+
+mod attr;
+mod dir;
+mod entry;
+mod file;
+mod handles;
+mod inodes;
+mod lock;
+mod xattr;
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use self::handles::HandleTable;
+use self::inodes::{Inode, InodeKey, InodeTable};
+use super::{
+    Attr, Context, CopyRange, CreateParams, DirSink, Entry, Filesystem, FsCapabilities, HandleId,
+    Lock, LockRequest, Negotiated, NodeId, OpenOptions, SetAttr, StatFs, WriteParams, XattrReply,
+    ZeroCopyReader, ZeroCopyWriter, attr_flags, sys,
+};
+
+/// How much the guest may cache (virtiofsd's `--cache`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum CachePolicy {
+    /// No caching: direct I/O, zero timeouts, no readdirplus.
+    Never,
+    /// Cache metadata for a day; file data goes direct.
+    Metadata,
+    /// Cache for one second (close-to-open).
+    #[default]
+    Auto,
+    /// Cache everything for a day; keep page cache across opens.
+    Always,
+}
+
+impl CachePolicy {
+    /// Entry and attribute timeout (virtiofsd's values).
+    pub fn timeout(self) -> Duration {
+        match self {
+            CachePolicy::Never => Duration::ZERO,
+            CachePolicy::Auto => Duration::from_secs(1),
+            CachePolicy::Metadata | CachePolicy::Always => Duration::from_secs(86400),
+        }
+    }
+}
+
+/// What the operator configured.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    pub root: PathBuf,
+    pub cache: CachePolicy,
+    pub writeback: bool,
+    pub xattr: bool,
+    pub posix_acl: bool,
+    pub announce_submounts: bool,
+    pub readonly: bool,
+    pub killpriv_v2: bool,
+    pub allow_direct_io: bool,
+    pub readdirplus: bool,
+    pub posix_locks: bool,
+}
+
+/// The passthrough filesystem.
+pub struct Passthrough {
+    cfg: Config,
+    /// The shared directory, O_PATH.
+    root_fd: OwnedFd,
+    /// /proc/self/fd, O_PATH: reopens inodes for I/O.
+    proc_fd: OwnedFd,
+    inodes: InodeTable,
+    handles: HandleTable,
+    /// Mixed into every entry's generation, so node ids reused by a restarted daemon differ.
+    generation: u64,
+    /// Writeback cache negotiated in this session.
+    writeback: AtomicBool,
+    /// POSIX ACLs negotiated in this session (the guest then sends the umask to apply).
+    posix_acl: AtomicBool,
+}
+
+fn errno(e: i32) -> io::Error {
+    io::Error::from_raw_os_error(e)
+}
+
+/// Rejects names the guest may not use: empty, containing '/', "." or "..".
+pub fn check_name(name: &CStr) -> io::Result<()> {
+    let b = name.to_bytes();
+    if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') {
+        return Err(errno(libc::EINVAL));
+    }
+    Ok(())
+}
+
+impl Passthrough {
+    /// Opens the shared directory. Fails with a clear error if it is unusable.
+    pub fn new(cfg: Config) -> io::Result<Passthrough> {
+        let path = CString::new(cfg.root.as_os_str().as_encoded_bytes()).map_err(|_| errno(libc::EINVAL))?;
+        let cwd = sys::cwd();
+        let root_fd = sys::openat(cwd, &path, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        let proc_fd = sys::openat(cwd, c"/proc/self/fd", libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        let generation = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(1).max(1);
+        let fs = Passthrough {
+            cfg,
+            root_fd,
+            proc_fd,
+            inodes: InodeTable::new(),
+            handles: HandleTable::new(),
+            generation,
+            writeback: AtomicBool::new(false),
+            posix_acl: AtomicBool::new(false),
+        };
+        fs.install_root()?;
+        Ok(fs)
+    }
+
+    fn install_root(&self) -> io::Result<()> {
+        let fd = sys::openat(self.root_fd.as_fd(), c".", libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        let (attr, mnt_id) = sys::statx(fd.as_fd())?;
+        self.inodes.set_root(fd, InodeKey { dev: attr.dev, ino: attr.ino, mnt_id })
+    }
+
+    fn inode(&self, node: NodeId) -> io::Result<Arc<Inode>> {
+        self.inodes.get(node)
+    }
+
+    fn check_writable(&self) -> io::Result<()> {
+        if self.cfg.readonly { Err(errno(libc::EROFS)) } else { Ok(()) }
+    }
+
+    /// Opens an inode for I/O through /proc/self/fd (regular files and directories only).
+    fn reopen(&self, inode: &Inode, flags: i32) -> io::Result<OwnedFd> {
+        if !inode.is_openable() {
+            return Err(errno(libc::EBADF));
+        }
+        let name = sys::fd_name(inode.path_fd());
+        sys::openat(self.proc_fd.as_fd(), &name, flags & !libc::O_NOFOLLOW, 0)
+    }
+
+    /// Finishes an attribute set for the guest: submount and DAX flags.
+    fn decorate(&self, mut attr: Attr, mnt_id: u64, parent: Option<&Inode>) -> Attr {
+        attr.flags = 0;
+        if self.cfg.announce_submounts && attr.mode & libc::S_IFMT == libc::S_IFDIR {
+            if let Some(p) = parent {
+                if p.key.mnt_id != mnt_id || p.key.dev != attr.dev {
+                    attr.flags |= attr_flags::SUBMOUNT;
+                }
+            }
+        }
+        attr
+    }
+
+    /// Looks up `name` in `parent` and returns an Entry holding one new lookup reference.
+    fn do_lookup(&self, parent: &Inode, name: &CStr) -> io::Result<Entry> {
+        let fd = sys::openat_beneath(parent.path_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        let (attr, mnt_id) = sys::statx(fd.as_fd())?;
+        let key = InodeKey { dev: attr.dev, ino: attr.ino, mnt_id };
+        let nodeid = self.inodes.lookup_or_insert(key, attr.mode & libc::S_IFMT, fd)?;
+        Ok(self.entry(nodeid, self.decorate(attr, mnt_id, Some(parent))))
+    }
+
+    fn entry(&self, nodeid: NodeId, attr: Attr) -> Entry {
+        let t = self.cfg.cache.timeout();
+        Entry { nodeid, generation: self.generation, attr, entry_timeout: t, attr_timeout: t }
+    }
+
+    fn file_open_options(&self) -> OpenOptions {
+        match self.cfg.cache {
+            CachePolicy::Never | CachePolicy::Metadata => OpenOptions { direct_io: true, ..OpenOptions::default() },
+            CachePolicy::Auto => OpenOptions::default(),
+            CachePolicy::Always => OpenOptions { keep_cache: true, ..OpenOptions::default() },
+        }
+    }
+
+    /// Host open flags for a guest open: drop what the host must not see, add what we need.
+    fn host_open_flags(&self, flags: u32) -> i32 {
+        let mut f = i32::from_ne_bytes(flags.to_ne_bytes());
+        f &= !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW | libc::O_NOATIME);
+        if !self.cfg.allow_direct_io {
+            f &= !libc::O_DIRECT;
+        }
+        if self.writeback.load(Ordering::Relaxed) {
+            // The guest page cache may read to fill partial pages, and it appends itself.
+            f &= !libc::O_APPEND;
+            if f & libc::O_ACCMODE == libc::O_WRONLY {
+                f = (f & !libc::O_ACCMODE) | libc::O_RDWR;
+            }
+        }
+        f | libc::O_CLOEXEC
+    }
+
+    fn wants_write(flags: u32) -> bool {
+        let f = i32::from_ne_bytes(flags.to_ne_bytes());
+        f & libc::O_ACCMODE != libc::O_RDONLY || f & libc::O_TRUNC != 0
+    }
+}
+
+impl Filesystem for Passthrough {
+    fn capabilities(&self) -> FsCapabilities {
+        FsCapabilities {
+            writeback: self.cfg.writeback,
+            readdirplus: self.cfg.readdirplus && self.cfg.cache != CachePolicy::Never,
+            killpriv_v2: self.cfg.killpriv_v2,
+            posix_acl: self.cfg.posix_acl,
+            submounts: self.cfg.announce_submounts,
+            posix_locks: self.cfg.posix_locks,
+            allow_mmap_direct: true,
+        }
+    }
+
+    fn init(&self, n: Negotiated) -> io::Result<()> {
+        self.destroy();
+        self.writeback.store(n.writeback, Ordering::Relaxed);
+        self.posix_acl.store(n.posix_acl, Ordering::Relaxed);
+        self.install_root()
+    }
+
+    fn destroy(&self) {
+        self.handles.clear();
+        self.inodes.clear();
+    }
+
+    fn lookup(&self, _ctx: &Context, parent: NodeId, name: &CStr) -> io::Result<Entry> {
+        check_name(name)?;
+        let parent = self.inode(parent)?;
+        self.do_lookup(&parent, name)
+    }
+
+    fn forget(&self, node: NodeId, nlookup: u64) {
+        self.inodes.forget(node, nlookup);
+    }
+
+    fn getattr(&self, _ctx: &Context, node: NodeId, _fh: Option<HandleId>) -> io::Result<(Attr, Duration)> {
+        let inode = self.inode(node)?;
+        let (attr, mnt_id) = sys::statx(inode.path_fd())?;
+        Ok((self.decorate(attr, mnt_id, None), self.cfg.cache.timeout()))
+    }
+
+    fn setattr(&self, ctx: &Context, node: NodeId, fh: Option<HandleId>, set: SetAttr) -> io::Result<(Attr, Duration)> {
+        self.check_writable()?;
+        self.do_setattr(ctx, node, fh, set)
+    }
+
+    fn readlink(&self, _ctx: &Context, node: NodeId) -> io::Result<Vec<u8>> {
+        sys::readlink(self.inode(node)?.path_fd())
+    }
+
+    fn symlink(&self, ctx: &Context, parent: NodeId, name: &CStr, target: &CStr) -> io::Result<Entry> {
+        self.do_symlink(ctx, parent, name, target)
+    }
+
+    fn mknod(&self, ctx: &Context, parent: NodeId, name: &CStr, p: CreateParams) -> io::Result<Entry> {
+        self.do_mknod(ctx, parent, name, p)
+    }
+
+    fn mkdir(&self, ctx: &Context, parent: NodeId, name: &CStr, p: CreateParams) -> io::Result<Entry> {
+        self.do_mkdir(ctx, parent, name, p)
+    }
+
+    fn unlink(&self, ctx: &Context, parent: NodeId, name: &CStr) -> io::Result<()> {
+        self.do_unlink(ctx, parent, name, 0)
+    }
+
+    fn rmdir(&self, ctx: &Context, parent: NodeId, name: &CStr) -> io::Result<()> {
+        self.do_unlink(ctx, parent, name, libc::AT_REMOVEDIR)
+    }
+
+    fn rename(&self, ctx: &Context, from: (NodeId, &CStr), to: (NodeId, &CStr), flags: u32) -> io::Result<()> {
+        self.do_rename(ctx, from, to, flags)
+    }
+
+    fn link(&self, ctx: &Context, node: NodeId, parent: NodeId, name: &CStr) -> io::Result<Entry> {
+        self.do_link(ctx, node, parent, name)
+    }
+
+    fn open(&self, _ctx: &Context, node: NodeId, flags: u32, _kill: bool) -> io::Result<(HandleId, OpenOptions)> {
+        if Self::wants_write(flags) {
+            self.check_writable()?;
+        }
+        let inode = self.inode(node)?;
+        if inode.is_dir() {
+            return Err(errno(libc::EISDIR));
+        }
+        let fd = self.reopen(&inode, self.host_open_flags(flags))?;
+        Ok((self.handles.insert(fd, inode)?, self.file_open_options()))
+    }
+
+    fn read(&self, _ctx: &Context, node: NodeId, fh: HandleId, w: &mut dyn ZeroCopyWriter, size: usize, offset: u64) -> io::Result<usize> {
+        let h = self.handles.get(fh, node)?;
+        file::read_into(h.as_fd(), w, size, offset)
+    }
+
+    fn write(&self, _ctx: &Context, node: NodeId, r: &mut dyn ZeroCopyReader, p: WriteParams) -> io::Result<usize> {
+        self.check_writable()?;
+        let h = self.handles.get(p.fh, node)?;
+        file::write_from(h.as_fd(), r, p.size, p.offset)
+    }
+
+    fn statfs(&self, _ctx: &Context, node: NodeId) -> io::Result<StatFs> {
+        sys::fstatvfs(self.inode(node)?.path_fd())
+    }
+
+    fn release(&self, _ctx: &Context, node: NodeId, fh: HandleId, lock_owner: Option<u64>) -> io::Result<()> {
+        let h = self.handles.remove(fh, node)?;
+        if let Some(owner) = lock_owner {
+            lock::drop_owner(&h.inode, owner);
+        }
+        Ok(())
+    }
+
+    fn fsync(&self, _ctx: &Context, node: NodeId, fh: HandleId, datasync: bool) -> io::Result<()> {
+        sys::fsync(self.handles.get(fh, node)?.as_fd(), datasync)
+    }
+
+    fn flush(&self, _ctx: &Context, node: NodeId, fh: HandleId, lock_owner: u64) -> io::Result<()> {
+        let h = self.handles.get(fh, node)?;
+        lock::drop_owner(&h.inode, lock_owner);
+        Ok(())
+    }
+
+    fn setxattr(&self, ctx: &Context, node: NodeId, name: &CStr, value: &[u8], flags: u32) -> io::Result<()> {
+        self.check_writable()?;
+        self.do_setxattr(ctx, node, name, value, flags)
+    }
+
+    fn getxattr(&self, _ctx: &Context, node: NodeId, name: &CStr, size: u32) -> io::Result<XattrReply> {
+        self.do_getxattr(node, name, size)
+    }
+
+    fn listxattr(&self, _ctx: &Context, node: NodeId, size: u32) -> io::Result<XattrReply> {
+        self.do_listxattr(node, size)
+    }
+
+    fn removexattr(&self, ctx: &Context, node: NodeId, name: &CStr) -> io::Result<()> {
+        self.check_writable()?;
+        self.do_removexattr(ctx, node, name)
+    }
+
+    fn opendir(&self, _ctx: &Context, node: NodeId, _flags: u32) -> io::Result<(HandleId, OpenOptions)> {
+        self.do_opendir(node)
+    }
+
+    fn readdir(&self, _ctx: &Context, node: NodeId, fh: HandleId, offset: u64, sink: &mut dyn DirSink) -> io::Result<()> {
+        dir::read_entries(&*self.handles.get(fh, node)?, offset, sink)
+    }
+
+    fn releasedir(&self, _ctx: &Context, node: NodeId, fh: HandleId) -> io::Result<()> {
+        self.handles.remove(fh, node).map(drop)
+    }
+
+    fn fsyncdir(&self, _ctx: &Context, node: NodeId, fh: HandleId, datasync: bool) -> io::Result<()> {
+        sys::fsync(self.handles.get(fh, node)?.as_fd(), datasync)
+    }
+
+    fn getlk(&self, _ctx: &Context, node: NodeId, req: LockRequest) -> io::Result<Lock> {
+        let h = self.handles.get(req.fh, node)?;
+        lock::getlk(self, &h, req)
+    }
+
+    fn setlk(&self, _ctx: &Context, node: NodeId, req: LockRequest) -> io::Result<()> {
+        let h = self.handles.get(req.fh, node)?;
+        lock::setlk(self, &h, req)
+    }
+
+    fn access(&self, ctx: &Context, node: NodeId, mask: u32) -> io::Result<()> {
+        self.do_access(ctx, node, mask)
+    }
+
+    fn create(&self, ctx: &Context, parent: NodeId, name: &CStr, p: CreateParams) -> io::Result<(Entry, HandleId, OpenOptions)> {
+        self.do_create(ctx, parent, Some(name), p)
+    }
+
+    fn fallocate(&self, _ctx: &Context, node: NodeId, fh: HandleId, mode: u32, range: (u64, u64)) -> io::Result<()> {
+        self.check_writable()?;
+        let mode = i32::try_from(mode).map_err(|_| errno(libc::EINVAL))?;
+        sys::fallocate(self.handles.get(fh, node)?.as_fd(), mode, range.0, range.1)
+    }
+
+    fn lseek(&self, _ctx: &Context, node: NodeId, fh: HandleId, offset: u64, whence: u32) -> io::Result<u64> {
+        let whence = i32::try_from(whence).map_err(|_| errno(libc::EINVAL))?;
+        sys::lseek(self.handles.get(fh, node)?.as_fd(), offset, whence)
+    }
+
+    fn copy_file_range(&self, _ctx: &Context, a: CopyRange) -> io::Result<usize> {
+        self.check_writable()?;
+        let hin = self.handles.get(a.fh_in, a.node_in)?;
+        let hout = self.handles.get(a.fh_out, a.node_out)?;
+        let len = usize::try_from(a.len).unwrap_or(usize::MAX);
+        let flags = u32::try_from(a.flags).map_err(|_| errno(libc::EINVAL))?;
+        sys::copy_file_range(hin.as_fd(), a.off_in, hout.as_fd(), a.off_out, len, flags)
+    }
+
+    fn syncfs(&self, _ctx: &Context, node: NodeId) -> io::Result<()> {
+        let inode = self.inode(node)?;
+        let fd = self.reopen(&inode, libc::O_RDONLY | if inode.is_dir() { libc::O_DIRECTORY } else { 0 })?;
+        sys::syncfs(fd.as_fd())
+    }
+
+    fn tmpfile(&self, ctx: &Context, parent: NodeId, p: CreateParams) -> io::Result<(Entry, HandleId, OpenOptions)> {
+        self.do_create(ctx, parent, None, p)
+    }
+}

@@ -1,0 +1,12 @@
+//! The FUSE wire protocol, without policy: ABI structs, Reader/Writer over descriptor chains,
+//! request decoding, dispatch to the `Filesystem` trait, reply encoding.
+
+pub mod abi;
+pub mod chain;
+mod convert;
+mod dispatch;
+mod ops;
+pub mod request;
+pub mod server;
+
+pub use server::Server;

@@ -1,0 +1,9 @@
+//! Opcode handlers, by family. Each decodes its arguments, calls the filesystem, encodes.
+
+mod attr;
+mod dir;
+mod entry;
+mod io;
+mod lock;
+mod session;
+mod xattr;

@@ -1,0 +1,235 @@
+//! daxfsd: parse options, set up logging and limits, build the filesystem, the FUSE server and
+//! the vhost-user device, then serve frontends on the socket one after another.
+
+use std::os::fd::FromRawFd as _;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use log::{error, info, warn};
+use vhost::vhost_user::Listener;
+use vhost_user_backend::VhostUserDaemon;
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+
+use daxfsd::cli::{self, Cache, InodeFileHandles, LogLevel, Options};
+use daxfsd::device::{DeviceConfig, FsDevice, MAX_TAG_LEN};
+use daxfsd::fs::passthrough::{CachePolicy, Config, Passthrough};
+use daxfsd::fs::sys;
+use daxfsd::fuse::Server;
+
+/// Why the daemon could not start; each says what the operator should do.
+#[derive(Debug, thiserror::Error)]
+enum StartupError {
+    #[error("shared directory {0:?} is not usable: {1} (give an existing directory with --shared-dir)")]
+    SharedDir(PathBuf, std::io::Error),
+    #[error("--tag must be 1 to {MAX_TAG_LEN} bytes")]
+    Tag,
+    #[error("--queue-size must be a power of two between 2 and 32768")]
+    QueueSize,
+    #[error("--inode-file-handles=mandatory is not supported yet (use never or prefer)")]
+    FileHandles,
+    #[error("cannot set RLIMIT_NOFILE to {0}: {1}")]
+    Rlimit(u64, std::io::Error),
+    #[error("cannot listen on {0:?}: {1}")]
+    Listen(PathBuf, vhost::vhost_user::Error),
+    #[error("unknown group {0:?} for --socket-group")]
+    Group(String),
+    #[error("cannot give the socket to group {0}: {1}")]
+    Chown(String, std::io::Error),
+    #[error("--fd or --socket-path is required")]
+    NoSocket,
+    #[error("cannot start the device: {0}")]
+    Device(String),
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("daxfsd: {e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(level: LogLevel) {
+    let filter = match level {
+        LogLevel::Error => "error",
+        LogLevel::Warn => "warn",
+        LogLevel::Info => "info",
+        LogLevel::Debug => "debug",
+        LogLevel::Trace => "trace",
+        LogLevel::Off => "off",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter)).format_timestamp_millis().init();
+}
+
+fn fs_config(o: &Options, shared_dir: PathBuf) -> Config {
+    let cache = match o.cache {
+        Cache::Never => CachePolicy::Never,
+        Cache::Metadata => CachePolicy::Metadata,
+        Cache::Auto => CachePolicy::Auto,
+        Cache::Always => CachePolicy::Always,
+    };
+    Config {
+        root: shared_dir,
+        cache,
+        writeback: o.writeback,
+        xattr: o.xattr || o.posix_acl,
+        posix_acl: o.posix_acl,
+        announce_submounts: o.announce_submounts && !o.no_announce_submounts,
+        readonly: o.readonly,
+        killpriv_v2: o.killpriv_v2 && !o.no_killpriv_v2,
+        allow_direct_io: o.allow_direct_io,
+        readdirplus: !o.no_readdirplus,
+        posix_locks: !o.no_posix_locks,
+    }
+}
+
+fn set_rlimit(requested: Option<u64>) -> Result<(), StartupError> {
+    let target = match requested {
+        Some(0) => return Ok(()),
+        Some(n) => n,
+        None => {
+            let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(1 << 20);
+            let want = nr_open.min(1_000_000);
+            if sys::nofile_limit().map(|(cur, _)| cur >= want).unwrap_or(false) {
+                return Ok(());
+            }
+            want
+        }
+    };
+    match sys::set_nofile_limit(target) {
+        Err(e) if requested.is_some() => Err(StartupError::Rlimit(target, e)),
+        Err(e) => {
+            warn!("cannot raise RLIMIT_NOFILE to {target}: {e}");
+            Ok(())
+        }
+        Ok(()) => Ok(()),
+    }
+}
+
+fn group_id(name: &str) -> Option<u32> {
+    if let Ok(n) = name.parse() {
+        return Some(n);
+    }
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| f.first() == Some(&name)).and_then(|f| f.get(2)?.parse().ok())
+}
+
+fn listen(o: &Options) -> Result<Listener, StartupError> {
+    if let Some(fd) = o.fd {
+        // SAFETY-free: the operator handed us this listening socket; we own it from now on.
+        let l = take_listener_fd(fd);
+        return Ok(Listener::from(l));
+    }
+    let path = o.socket_path.clone().or_else(|| o.socket.clone()).ok_or(StartupError::NoSocket)?;
+    if o.socket.is_some() {
+        warn!("--socket is deprecated; use --socket-path");
+    }
+    let old = sys::umask(if o.socket_group.is_some() { 0o007 } else { 0o077 });
+    let listener = Listener::new(&path, true).map_err(|e| StartupError::Listen(path.clone(), e));
+    sys::umask(old);
+    let listener = listener?;
+    if let Some(group) = &o.socket_group {
+        let gid = group_id(group).ok_or_else(|| StartupError::Group(group.clone()))?;
+        std::os::unix::fs::chown(&path, None, Some(gid)).map_err(|e| StartupError::Chown(group.clone(), e))?;
+    }
+    info!("listening on {}", path.display());
+    Ok(listener)
+}
+
+#[allow(unsafe_code)]
+fn take_listener_fd(fd: i32) -> UnixListener {
+    // SAFETY: --fd names a listening socket the operator passed to us to own; nothing else in
+    // this process uses that descriptor number.
+    unsafe { UnixListener::from_raw_fd(fd) }
+}
+
+fn check_options(o: &Options) -> Result<(), StartupError> {
+    if let Some(tag) = &o.tag {
+        if tag.is_empty() || tag.len() > MAX_TAG_LEN {
+            return Err(StartupError::Tag);
+        }
+    }
+    if !o.queue_size.is_power_of_two() || o.queue_size < 2 {
+        return Err(StartupError::QueueSize);
+    }
+    match o.inode_file_handles {
+        InodeFileHandles::Mandatory => return Err(StartupError::FileHandles),
+        InodeFileHandles::Prefer => warn!("file handles are not implemented yet; holding inodes as O_PATH fds"),
+        InodeFileHandles::Never => {}
+    }
+    if o.sandbox != cli::Sandbox::None || o.seccomp != cli::Seccomp::None {
+        warn!("--sandbox and --seccomp are accepted but not implemented yet: the daemon runs unconfined");
+    }
+    Ok(())
+}
+
+fn pool_size(requested: usize) -> usize {
+    if requested > 0 {
+        return requested;
+    }
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    (2 * cpus).max(4)
+}
+
+fn run() -> Result<(), StartupError> {
+    let o = Options::parse();
+    if o.print_capabilities {
+        cli::print_capabilities();
+        return Ok(());
+    }
+    init_logging(o.log_level);
+    check_options(&o)?;
+    let shared_dir = o.shared_dir.clone().unwrap_or_default();
+    check_dir(&shared_dir)?;
+    set_rlimit(o.rlimit_nofile)?;
+    let fs = Passthrough::new(fs_config(&o, shared_dir.clone())).map_err(|e| StartupError::SharedDir(shared_dir, e))?;
+    let cfg = DeviceConfig {
+        tag: o.tag.clone(),
+        num_request_queues: usize::from(o.num_request_queues),
+        queue_size: usize::from(o.queue_size),
+        thread_pool_size: pool_size(o.thread_pool_size),
+    };
+    let device = Arc::new(FsDevice::new(cfg, Server::new(fs)).map_err(|e| StartupError::Device(e.to_string()))?);
+    let mut listener = listen(&o)?;
+    serve(&device, &mut listener, o.once)
+}
+
+fn check_dir(p: &Path) -> Result<(), StartupError> {
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(StartupError::SharedDir(p.to_path_buf(), std::io::Error::from_raw_os_error(libc::ENOTDIR))),
+        Err(e) => Err(StartupError::SharedDir(p.to_path_buf(), e)),
+    }
+}
+
+/// Serves one frontend after another (or just one with --once).
+fn serve(device: &Arc<FsDevice<Passthrough>>, listener: &mut Listener, once: bool) -> Result<(), StartupError> {
+    loop {
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let mut daemon = VhostUserDaemon::new("daxfsd".into(), Arc::clone(device), mem).map_err(|e| StartupError::Device(e.to_string()))?;
+        if let Err(e) = daemon.start(listener) {
+            error!("cannot accept a frontend: {e}");
+            return Err(StartupError::Device(e.to_string()));
+        }
+        info!("frontend connected");
+        match daemon.wait() {
+            Ok(()) => {}
+            Err(e) => info!("frontend session ended: {e}"),
+        }
+        drop(daemon);
+        device.disconnected();
+        if once {
+            device.shutdown();
+            return Ok(());
+        }
+    }
+}
