@@ -14,7 +14,10 @@
 #                        dax: vhost-user-test-device-pci, virtio-id=26, which
 #                             asks the backend for its shared memory (DAX)
 #                        (default: fs)
-#   --queues N           request queues (default: 1)
+#   --queues N           request queues on the QEMU side (default: 1); the
+#                        daemon must agree: for daxfsd add
+#                        --daemon-arg=--num-request-queues=N (virtiofsd 1.14
+#                        supports only 1)
 #   --queue-size N       virtqueue size (default: 1024)
 #   --tag TAG            virtiofs tag (default: daxfsd)
 #   --mount-opts OPTS    guest mount -o options, e.g. dax=always

@@ -192,6 +192,7 @@ fn complete<F: Filesystem>(server: &Server<F>, vring: &VringMutex<GuestMemoryAto
         warn!("cannot return chain {head} to the used ring: {e}");
         return;
     }
+    log::trace!("chain {head} used, {used} bytes");
     match state.needs_notification() {
         Ok(false) => {}
         Ok(true) | Err(_) => {

@@ -408,7 +408,7 @@ impl Virtqueue {
                 st.free.extend(chain.descs);
                 st.done.insert(chain.id, (len, chain.staged));
             }
-            self.ring.set_used_event(&g.mem, st.last_used.wrapping_sub(1))?;
+            self.ring.set_used_event(&g.mem, st.last_used)?;
             // Pairs with the device's barrier between writing used idx and reading used_event:
             // either it sees our used_event and signals, or we see its new idx here.
             fence(Ordering::SeqCst);
