@@ -108,7 +108,12 @@ fn set_rlimit(requested: Option<u64>) -> Result<(), StartupError> {
     match sys::set_nofile_limit(target) {
         Err(e) if requested.is_some() => Err(StartupError::Rlimit(target, e)),
         Err(e) => {
-            warn!("cannot raise RLIMIT_NOFILE to {target}: {e}");
+            // Without CAP_SYS_RESOURCE, the hard limit is as far as we can go.
+            let hard = sys::nofile_limit().map(|(_, h)| h).unwrap_or(0);
+            let raised = hard > 0 && sys::set_nofile_limit_soft(hard.min(target)).is_ok();
+            if !raised {
+                warn!("cannot raise RLIMIT_NOFILE to {target}: {e}");
+            }
             Ok(())
         }
         Ok(()) => Ok(()),

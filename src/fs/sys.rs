@@ -359,6 +359,14 @@ pub fn set_nofile_limit(n: u64) -> io::Result<()> {
     check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) })
 }
 
+/// Sets only the soft RLIMIT_NOFILE (up to the current hard limit).
+pub fn set_nofile_limit_soft(n: u64) -> io::Result<()> {
+    let (_, hard) = nofile_limit()?;
+    let lim = libc::rlimit { rlim_cur: n.min(hard), rlim_max: hard };
+    // SAFETY: `lim` is a live rlimit read by the kernel.
+    check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) })
+}
+
 /// The current RLIMIT_NOFILE (soft, hard).
 pub fn nofile_limit() -> io::Result<(u64, u64)> {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };

@@ -201,7 +201,7 @@ impl Client {
     }
 
     pub fn mkdir(&self, parent: u64, n: &str, mode: u32) -> Result<EntryOut, Errno> {
-        let m = MkdirIn { mode, umask: 0 };
+        let m = MkdirIn { mode: libc::S_IFDIR | mode, umask: 0 };
         self.call(Opcode::Mkdir, parent, &[&bytes_of(&m), &name(n)], 128).map(|b| parse(&b))
     }
 
@@ -241,14 +241,15 @@ impl Client {
 
     /// CREATE: returns (entry, fh).
     pub fn create(&self, parent: u64, n: &str, flags: i32, mode: u32) -> Result<(EntryOut, u64), Errno> {
-        let c = CreateIn { flags: flags as u32, mode, umask: 0, open_flags: 0 };
+        // Like the kernel: the mode carries S_IFREG.
+        let c = CreateIn { flags: flags as u32, mode: libc::S_IFREG | mode, umask: 0, open_flags: 0 };
         let b = self.call(Opcode::Create, parent, &[&bytes_of(&c), &name(n)], 144)?;
         let o: OpenOut = parse(&b[128..]);
         Ok((parse(&b), o.fh))
     }
 
     pub fn tmpfile(&self, parent: u64, flags: i32, mode: u32) -> Result<(EntryOut, u64), Errno> {
-        let c = CreateIn { flags: flags as u32, mode, umask: 0, open_flags: 0 };
+        let c = CreateIn { flags: flags as u32, mode: libc::S_IFREG | mode, umask: 0, open_flags: 0 };
         let b = self.call(Opcode::Tmpfile, parent, &[&bytes_of(&c)], 144)?;
         Ok((parse(&b), parse::<OpenOut>(&b[128..]).fh))
     }

@@ -41,7 +41,7 @@ impl Passthrough {
     }
 
     pub(super) fn do_mkdir(&self, ctx: &Context, parent: NodeId, name: &CStr, p: CreateParams) -> io::Result<Entry> {
-        self.make_node(ctx, parent, name, p.umask, |dir| sys::mkdirat(dir, name, p.mode))
+        self.make_node(ctx, parent, name, p.umask, |dir| sys::mkdirat(dir, name, p.mode & 0o7777))
     }
 
     pub(super) fn do_unlink(&self, ctx: &Context, parent: NodeId, name: &CStr, flags: i32) -> io::Result<()> {
@@ -98,11 +98,11 @@ impl Passthrough {
             match name {
                 Some(name) => {
                     flags |= libc::O_CREAT | (guest & libc::O_EXCL);
-                    sys::openat_beneath(parent_inode.path_fd(), name, flags, p.mode)?
+                    sys::openat_beneath(parent_inode.path_fd(), name, flags, p.mode & 0o7777)?
                 }
                 None => {
                     flags = (flags & !libc::O_NOFOLLOW) | libc::O_TMPFILE;
-                    sys::openat(parent_inode.path_fd(), c".", flags, p.mode)?
+                    sys::openat(parent_inode.path_fd(), c".", flags, p.mode & 0o7777)?
                 }
             }
         };

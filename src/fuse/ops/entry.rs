@@ -54,7 +54,7 @@ impl<F: Filesystem> Server<F> {
     pub(crate) fn mkdir(&self, req: &mut Request<'_>) -> OpResult {
         let m: MkdirIn = req.body.obj()?;
         let name = req.body.cstr()?;
-        let p = CreateParams { mode: m.mode | libc::S_IFDIR, umask: m.umask, ..CreateParams::default() };
+        let p = CreateParams { mode: m.mode, umask: m.umask, ..CreateParams::default() };
         let e = self.fs.mkdir(&req.ctx, NodeId(req.hdr.nodeid), name, p)?;
         ok(&EntryOut::from(e))
     }
