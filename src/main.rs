@@ -67,7 +67,9 @@ fn init_logging(level: LogLevel) {
         LogLevel::Trace => "trace",
         LogLevel::Off => "off",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter)).format_timestamp_millis().init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter))
+        .format_timestamp_millis()
+        .init();
 }
 
 fn fs_config(o: &Options, shared_dir: PathBuf) -> Config {
@@ -97,7 +99,10 @@ fn set_rlimit(requested: Option<u64>) -> Result<(), StartupError> {
         Some(0) => return Ok(()),
         Some(n) => n,
         None => {
-            let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(1 << 20);
+            let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(1 << 20);
             let want = nr_open.min(1_000_000);
             if sys::nofile_limit().map(|(cur, _)| cur >= want).unwrap_or(false) {
                 return Ok(());
@@ -125,7 +130,11 @@ fn group_id(name: &str) -> Option<u32> {
         return Some(n);
     }
     let groups = std::fs::read_to_string("/etc/group").ok()?;
-    groups.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| f.first() == Some(&name)).and_then(|f| f.get(2)?.parse().ok())
+    groups
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&name))
+        .and_then(|f| f.get(2)?.parse().ok())
 }
 
 fn listen(o: &Options) -> Result<Listener, StartupError> {
@@ -158,10 +167,10 @@ fn take_listener_fd(fd: i32) -> UnixListener {
 }
 
 fn check_options(o: &Options) -> Result<(), StartupError> {
-    if let Some(tag) = &o.tag {
-        if tag.is_empty() || tag.len() > MAX_TAG_LEN {
-            return Err(StartupError::Tag);
-        }
+    if let Some(tag) = &o.tag
+        && (tag.is_empty() || tag.len() > MAX_TAG_LEN)
+    {
+        return Err(StartupError::Tag);
     }
     if !o.queue_size.is_power_of_two() || o.queue_size < 2 {
         return Err(StartupError::QueueSize);
@@ -220,7 +229,8 @@ fn check_dir(p: &Path) -> Result<(), StartupError> {
 fn serve(device: &Arc<FsDevice<Passthrough>>, listener: &mut Listener, once: bool) -> Result<(), StartupError> {
     loop {
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        let mut daemon = VhostUserDaemon::new("daxfsd".into(), Arc::clone(device), mem).map_err(|e| StartupError::Device(e.to_string()))?;
+        let mut daemon = VhostUserDaemon::new("daxfsd".into(), Arc::clone(device), mem)
+            .map_err(|e| StartupError::Device(e.to_string()))?;
         if let Err(e) = daemon.start(listener) {
             error!("cannot accept a frontend: {e}");
             return Err(StartupError::Device(e.to_string()));

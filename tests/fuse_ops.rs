@@ -1,6 +1,15 @@
 //! Every FUSE opcode the Linux virtio-fs client sends, success and error paths, through a real
 //! vhost-user socket and the built daemon.
-#![allow(unsafe_code, clippy::unwrap_used, clippy::indexing_slicing, clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_possible_wrap, clippy::too_many_lines, clippy::panic)]
+#![allow(
+    unsafe_code,
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::too_many_lines,
+    clippy::panic
+)]
 
 mod common;
 
@@ -155,7 +164,13 @@ fn setattr_chmod_truncate_utimes() {
     let a = c.setattr(n, s).unwrap();
     assert_eq!(a.attr.size, 100);
     assert_eq!(a.attr.mode & 0o7777, 0o600);
-    let t = SetattrIn { valid: FATTR_ATIME | FATTR_MTIME, atime: 1_000_000, mtime: 2_000_000, mtimensec: 5, ..Default::default() };
+    let t = SetattrIn {
+        valid: FATTR_ATIME | FATTR_MTIME,
+        atime: 1_000_000,
+        mtime: 2_000_000,
+        mtimensec: 5,
+        ..Default::default()
+    };
     let a = c.setattr(n, t).unwrap();
     assert_eq!((a.attr.atime, a.attr.mtime, a.attr.mtimensec), (1_000_000, 2_000_000, 5));
     let md = std::fs::metadata(d.path("f")).unwrap();
@@ -209,7 +224,8 @@ fn fsync_flush_fallocate_lseek_copy_file_range() {
     assert_eq!(c.lseek(e.nodeid, fh, 0, libc::SEEK_DATA as u32).unwrap(), 4096);
     assert_eq!(c.lseek(e.nodeid, fh, 1 << 21, libc::SEEK_DATA as u32).unwrap_err(), libc::ENXIO);
     let (e2, fh2) = c.create(1, "g", libc::O_RDWR | libc::O_CREAT, 0o644).unwrap();
-    let cfr = CopyFileRangeIn { fh_in: fh, off_in: 4096, nodeid_out: e2.nodeid, fh_out: fh2, off_out: 0, len: 100, flags: 0 };
+    let cfr =
+        CopyFileRangeIn { fh_in: fh, off_in: 4096, nodeid_out: e2.nodeid, fh_out: fh2, off_out: 0, len: 100, flags: 0 };
     assert_eq!(c.copy_file_range(cfr, e.nodeid).unwrap(), 100);
     assert_eq!(std::fs::read(d.path("g")).unwrap(), pattern_bytes(3, 4096, 100));
     c.release(e.nodeid, fh).unwrap();
@@ -267,6 +283,7 @@ fn posix_locks_are_forwarded_to_the_host() {
     let f = std::fs::OpenOptions::new().write(true).open(d.path("f")).unwrap();
     let mut fl = libc::flock { l_type: libc::F_WRLCK as i16, l_whence: 0, l_start: 0, l_len: 1, l_pid: 0 };
     use std::os::fd::AsRawFd;
+    // SAFETY: `fl` is a live flock for the duration of the call; `f` stays open.
     let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) };
     assert_eq!(r, -1, "host locker must conflict");
     // FLUSH by the owner drops its locks.

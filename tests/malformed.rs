@@ -190,7 +190,12 @@ fn supplementary_group_extension_is_applied() {
     let d = Daemon::start(&[]);
     let c = d.client();
     let m = MkdirIn { mode: 0o755, umask: 0 };
-    let ext = [ExtHeader { size: 16, typ: FUSE_EXT_GROUPS }.as_bytes(), SuppGroups { nr_groups: 1 }.as_bytes(), &4242u32.to_le_bytes()].concat();
+    let ext = [
+        ExtHeader { size: 16, typ: FUSE_EXT_GROUPS }.as_bytes(),
+        SuppGroups { nr_groups: 1 }.as_bytes(),
+        &4242u32.to_le_bytes(),
+    ]
+    .concat();
     let body = [m.as_bytes(), &name("g"), &[0u8; 6], &ext].concat();
     let mut hdr = c.header(Opcode::Mkdir as u32, 1, body.len());
     hdr.total_extlen = 2;

@@ -17,7 +17,17 @@ fn four_queues_in_parallel_keep_every_byte() {
             let c = &c;
             s.spawn(move || {
                 let name = format!("q{q}");
-                let body = [CreateIn { flags: (libc::O_RDWR | libc::O_CREAT) as u32, mode: libc::S_IFREG | 0o644, umask: 0, open_flags: 0 }.as_bytes(), &common::fuse::name(&name)].concat();
+                let body = [
+                    CreateIn {
+                        flags: (libc::O_RDWR | libc::O_CREAT) as u32,
+                        mode: libc::S_IFREG | 0o644,
+                        umask: 0,
+                        open_flags: 0,
+                    }
+                    .as_bytes(),
+                    &common::fuse::name(&name),
+                ]
+                .concat();
                 let b = c.call_on(q, Opcode::Create as u32, 1, &[&body], 144).unwrap();
                 let e: EntryOut = parse(&b);
                 let fh = parse::<OpenOut>(&b[128..]).fh;

@@ -177,7 +177,12 @@ fn peek_opcode(chain: &Chain) -> Option<u32> {
 }
 
 /// Runs one request and puts its chain in the used ring, signalling the guest if it wants.
-fn complete<F: Filesystem>(server: &Server<F>, vring: &VringMutex<GuestMemoryAtomic<GuestMem>>, mem: &GuestMem, chain: Chain) {
+fn complete<F: Filesystem>(
+    server: &Server<F>,
+    vring: &VringMutex<GuestMemoryAtomic<GuestMem>>,
+    mem: &GuestMem,
+    chain: Chain,
+) {
     let head = chain.head_index();
     let used = match (Reader::new(mem, chain.clone()), Writer::new(mem, chain)) {
         (Ok(mut r), Ok(mut w)) => server.handle(&mut r, &mut w),
@@ -277,7 +282,13 @@ impl<F: Filesystem + 'static> VhostUserBackend for FsDevice<F> {
         Ok(())
     }
 
-    fn handle_event(&self, device_event: u16, evset: EventSet, vrings: &[Self::Vring], _thread: usize) -> io::Result<()> {
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[Self::Vring],
+        _thread: usize,
+    ) -> io::Result<()> {
         if evset != EventSet::IN {
             warn!("unexpected event set {evset:?} on queue {device_event}");
             return Ok(());

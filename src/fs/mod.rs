@@ -166,6 +166,14 @@ pub struct CopyRange {
     pub flags: u64,
 }
 
+/// A READ's handle and range.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadParams {
+    pub fh: HandleId,
+    pub offset: u64,
+    pub size: usize,
+}
+
 /// A WRITE's details beyond the data.
 #[derive(Clone, Copy, Debug)]
 pub struct WriteParams {
@@ -300,8 +308,8 @@ pub trait Filesystem: Send + Sync {
     fn open(&self, ctx: &Context, node: NodeId, flags: u32, kill_suidgid: bool) -> io::Result<(HandleId, OpenOptions)> {
         enosys()
     }
-    /// Reads up to `size` bytes at `offset` into `w`.
-    fn read(&self, ctx: &Context, node: NodeId, fh: HandleId, w: &mut dyn ZeroCopyWriter, size: usize, offset: u64) -> io::Result<usize> {
+    /// Reads up to `p.size` bytes at `p.offset` into `w`.
+    fn read(&self, ctx: &Context, node: NodeId, w: &mut dyn ZeroCopyWriter, p: ReadParams) -> io::Result<usize> {
         enosys()
     }
     /// Writes `p.size` bytes from `r` at `p.offset`.
@@ -345,7 +353,14 @@ pub trait Filesystem: Send + Sync {
         enosys()
     }
     /// Lists entries from `offset` into `sink` until it is full.
-    fn readdir(&self, ctx: &Context, node: NodeId, fh: HandleId, offset: u64, sink: &mut dyn DirSink) -> io::Result<()> {
+    fn readdir(
+        &self,
+        ctx: &Context,
+        node: NodeId,
+        fh: HandleId,
+        offset: u64,
+        sink: &mut dyn DirSink,
+    ) -> io::Result<()> {
         enosys()
     }
     /// Closes a directory handle.
@@ -369,7 +384,13 @@ pub trait Filesystem: Send + Sync {
         enosys()
     }
     /// Creates and opens a regular file.
-    fn create(&self, ctx: &Context, parent: NodeId, name: &CStr, p: CreateParams) -> io::Result<(Entry, HandleId, OpenOptions)> {
+    fn create(
+        &self,
+        ctx: &Context,
+        parent: NodeId,
+        name: &CStr,
+        p: CreateParams,
+    ) -> io::Result<(Entry, HandleId, OpenOptions)> {
         enosys()
     }
     /// fallocate(2) with any mode the host supports.

@@ -152,7 +152,13 @@ pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> io::Result<()> 
 }
 
 /// renameat2(2).
-pub fn renameat2(old: BorrowedFd<'_>, oldname: &CStr, new: BorrowedFd<'_>, newname: &CStr, flags: u32) -> io::Result<()> {
+pub fn renameat2(
+    old: BorrowedFd<'_>,
+    oldname: &CStr,
+    new: BorrowedFd<'_>,
+    newname: &CStr,
+    flags: u32,
+) -> io::Result<()> {
     // SAFETY: both names are NUL-terminated and borrowed for the call.
     check(unsafe { libc::renameat2(old.as_raw_fd(), oldname.as_ptr(), new.as_raw_fd(), newname.as_ptr(), flags) })
 }
@@ -229,8 +235,14 @@ pub fn lseek(fd: BorrowedFd<'_>, offset: u64, whence: i32) -> io::Result<u64> {
 
 /// fsync(2) or fdatasync(2).
 pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
-    // SAFETY: plain syscalls on a borrowed fd.
-    check(unsafe { if datasync { libc::fdatasync(fd.as_raw_fd()) } else { libc::fsync(fd.as_raw_fd()) } })
+    let raw = fd.as_raw_fd();
+    if datasync {
+        // SAFETY: plain syscall on a borrowed fd.
+        check(unsafe { libc::fdatasync(raw) })
+    } else {
+        // SAFETY: plain syscall on a borrowed fd.
+        check(unsafe { libc::fsync(raw) })
+    }
 }
 
 /// syncfs(2).
@@ -240,7 +252,14 @@ pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 /// copy_file_range(2) with explicit offsets.
-pub fn copy_file_range(fd_in: BorrowedFd<'_>, off_in: u64, fd_out: BorrowedFd<'_>, off_out: u64, len: usize, flags: u32) -> io::Result<usize> {
+pub fn copy_file_range(
+    fd_in: BorrowedFd<'_>,
+    off_in: u64,
+    fd_out: BorrowedFd<'_>,
+    off_out: u64,
+    len: usize,
+    flags: u32,
+) -> io::Result<usize> {
     let inval = || io::Error::from_raw_os_error(libc::EINVAL);
     let mut off_in = libc::loff_t::try_from(off_in).map_err(|_| inval())?;
     let mut off_out = libc::loff_t::try_from(off_out).map_err(|_| inval())?;

@@ -48,9 +48,7 @@ impl From<ChainError> for io::Error {
     fn from(e: ChainError) -> Self {
         match e {
             ChainError::Short { .. } => io::Error::from_raw_os_error(libc::ERANGE),
-            ChainError::OutOfMemory { .. } | ChainError::LengthOverflow => {
-                io::Error::from_raw_os_error(libc::EFAULT)
-            }
+            ChainError::OutOfMemory { .. } | ChainError::LengthOverflow => io::Error::from_raw_os_error(libc::EFAULT),
         }
     }
 }

@@ -47,7 +47,8 @@ impl<'b> Body<'b> {
     /// Takes one wire struct (unaligned is fine).
     pub fn obj<T: FromBytes + KnownLayout + Immutable>(&mut self) -> Result<T, DecodeError> {
         let have = self.bytes.len();
-        let (v, rest) = T::read_from_prefix(self.bytes).map_err(|_| DecodeError::BodyTooShort { needed: size_of::<T>(), have })?;
+        let (v, rest) =
+            T::read_from_prefix(self.bytes).map_err(|_| DecodeError::BodyTooShort { needed: size_of::<T>(), have })?;
         self.bytes = rest;
         Ok(v)
     }
@@ -101,5 +102,5 @@ fn parse_groups(p: &[u8]) -> Result<Vec<u32>, DecodeError> {
     let n = usize::try_from(g.nr_groups).map_err(|_| DecodeError::BadExtension)?;
     let need = n.checked_mul(4).ok_or(DecodeError::BadExtension)?;
     let ids = rest.get(..need).ok_or(DecodeError::BadExtension)?;
-    Ok(ids.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    Ok(ids.chunks_exact(4).filter_map(|c| c.try_into().ok()).map(u32::from_le_bytes).collect())
 }

@@ -161,7 +161,8 @@ impl<F: Filesystem> Server<F> {
 
     /// WRITE keeps its payload in guest memory: only the header is copied.
     fn write_op(&self, hdr: InHeader, r: &mut Reader<'_>, body_len: usize) -> OpResult {
-        let win: WriteIn = r.read_obj().map_err(|_| DecodeError::BodyTooShort { needed: size_of::<WriteIn>(), have: body_len })?;
+        let win: WriteIn =
+            r.read_obj().map_err(|_| DecodeError::BodyTooShort { needed: size_of::<WriteIn>(), have: body_len })?;
         if win.size > MAX_WRITE {
             return Err(DecodeError::TooLarge { len: win.size }.into());
         }

@@ -127,7 +127,16 @@ impl Client {
     pub fn connect(socket: &Path, queues: usize, opts: VmmOptions) -> Client {
         let vmm = Vmm::connect(socket, 1 + queues, opts).unwrap();
         let mut c = Client { vmm, unique: AtomicU64::new(1), uid: 0, gid: 0, init: InitOut::default() };
-        c.init = c.do_init(FUSE_INIT_EXT | FUSE_DO_READDIRPLUS | FUSE_POSIX_LOCKS | FUSE_FLOCK_LOCKS | FUSE_SETXATTR_EXT | FUSE_CREATE_SUPP_GROUP | FUSE_MAX_PAGES | FUSE_ATOMIC_O_TRUNC);
+        c.init = c.do_init(
+            FUSE_INIT_EXT
+                | FUSE_DO_READDIRPLUS
+                | FUSE_POSIX_LOCKS
+                | FUSE_FLOCK_LOCKS
+                | FUSE_SETXATTR_EXT
+                | FUSE_CREATE_SUPP_GROUP
+                | FUSE_MAX_PAGES
+                | FUSE_ATOMIC_O_TRUNC,
+        );
         c
     }
 
@@ -285,7 +294,14 @@ impl Client {
     }
 
     /// READDIR or READDIRPLUS from `offset`: returns (name, next offset, nodeid) triples.
-    pub fn readdir(&self, node: u64, fh: u64, offset: u64, size: u32, plus: bool) -> Result<Vec<(String, u64, u64)>, Errno> {
+    pub fn readdir(
+        &self,
+        node: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        plus: bool,
+    ) -> Result<Vec<(String, u64, u64)>, Errno> {
         let r = ReadIn { fh, offset, size, ..Default::default() };
         let op = if plus { Opcode::Readdirplus } else { Opcode::Readdir };
         let b = self.call(op, node, &[&bytes_of(&r)], size as usize)?;

@@ -18,9 +18,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use vhost::vhost_user::message::{
-    VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserMMap, VhostUserMMapFlags,
-};
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserMMap, VhostUserMMapFlags};
 use vhost::vhost_user::{
     Error as VhostUserError, Frontend, FrontendReqHandler, HandlerResult, VhostUserFrontend,
     VhostUserFrontendReqHandler, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
@@ -28,8 +26,7 @@ use vhost::vhost_user::{
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{
-    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
-    VRING_DESC_F_WRITE,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
 };
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -271,7 +268,12 @@ impl Staged {
         };
         let data_len: u64 = descs.iter().map(|d| (buf_len(d) as u64).next_multiple_of(8)).sum();
         let base = g.alloc(table_len + data_len, 16)?;
-        let mut s = Self { block: (base, table_len + data_len), table: indirect.then_some(base), chain: vec![], writes: vec![] };
+        let mut s = Self {
+            block: (base, table_len + data_len),
+            table: indirect.then_some(base),
+            chain: vec![],
+            writes: vec![],
+        };
         if let Err(e) = s.fill(g, descs, base + table_len) {
             g.release(base, table_len + data_len);
             return Err(e);
@@ -311,13 +313,13 @@ struct Inflight {
 
 #[derive(Default)]
 struct QueueState {
-    free: Vec<u16>,                        // free descriptor indices
-    next_avail: u16,                       // avail idx the next chain is published under
-    last_used: u16,                        // used idx consumed so far
-    next_id: u64,                          // ticket ids
-    inflight: HashMap<u16, Inflight>,      // head -> chain not yet used
-    done: HashMap<u64, (u32, Staged)>,     // ticket id -> used len, buffers
-    polling: bool,                         // a waiter is blocked on `call`; others use `cond`
+    free: Vec<u16>,                    // free descriptor indices
+    next_avail: u16,                   // avail idx the next chain is published under
+    last_used: u16,                    // used idx consumed so far
+    next_id: u64,                      // ticket ids
+    inflight: HashMap<u16, Inflight>,  // head -> chain not yet used
+    done: HashMap<u64, (u32, Staged)>, // ticket id -> used len, buffers
+    polling: bool,                     // a waiter is blocked on `call`; others use `cond`
 }
 
 /// The driver side of one split virtqueue. Any number of threads may submit and wait.
@@ -526,7 +528,7 @@ impl Window {
     /// Reserves a window of `len` bytes (a page multiple; 0: no window, every map refused).
     pub fn new(len: u64) -> io::Result<Self> {
         let proc_mem = File::options().read(true).write(true).open("/proc/self/mem")?;
-        if len % PAGE != 0 {
+        if !len.is_multiple_of(PAGE) {
             return Err(einval());
         }
         let mut w = Self { base: 0, len: 0, proc_mem, state: Mutex::default() };
@@ -620,7 +622,8 @@ impl Window {
             self.zero(start, len)?; // a failed MAP_FIXED may have dropped the old pages
             return Err(e);
         }
-        let piece = Piece { shm_offset: start, len, fd_offset: req.fd_offset, writable, dev: meta.dev(), ino: meta.ino() };
+        let piece =
+            Piece { shm_offset: start, len, fd_offset: req.fd_offset, writable, dev: meta.dev(), ino: meta.ino() };
         st.pieces.insert(start, piece);
         Ok(())
     }
@@ -793,7 +796,8 @@ impl Vmm {
         if offered & needed != needed {
             return Err(io::Error::other(format!("backend features {offered:#x} lack {needed:#x}")));
         }
-        let optional = u64::from(opts.indirect) << VIRTIO_RING_F_INDIRECT_DESC | u64::from(opts.event_idx) << VIRTIO_RING_F_EVENT_IDX;
+        let optional = u64::from(opts.indirect) << VIRTIO_RING_F_INDIRECT_DESC
+            | u64::from(opts.event_idx) << VIRTIO_RING_F_EVENT_IDX;
         let features = needed | (offered & optional);
 
         type P = VhostUserProtocolFeatures;
@@ -812,7 +816,9 @@ impl Vmm {
             }
         }
         let config = match protocol.contains(P::CONFIG) {
-            true => Some(parse_config(&dog.check("GET_CONFIG", fe.get_config(0, 40, VhostUserConfigFlags::empty(), &[0; 40]))?.1)?),
+            true => Some(parse_config(
+                &dog.check("GET_CONFIG", fe.get_config(0, 40, VhostUserConfigFlags::empty(), &[0; 40]))?.1,
+            )?),
             false => None,
         };
         let shmem_sizes = match protocol.contains(P::SHMEM) {
@@ -832,7 +838,8 @@ impl Vmm {
         let guest = GuestMem::new(opts.mem_size)?;
         let regions = guest.mem.iter().map(VhostUserMemoryRegionInfo::from_guest_region).collect::<Result<Vec<_>, _>>();
         dog.check("SET_MEM_TABLE", regions.and_then(|r| fe.set_mem_table(&r)))?;
-        let queues = (0..num_queues).map(|_| Virtqueue::new(&guest, opts.queue_size)).collect::<io::Result<Vec<_>>>()?;
+        let queues =
+            (0..num_queues).map(|_| Virtqueue::new(&guest, opts.queue_size)).collect::<io::Result<Vec<_>>>()?;
         for (i, q) in queues.iter().enumerate() {
             let hva = |a: GuestAddress| guest.mem.get_host_address(a).map(|p| p as u64).map_err(mem_err);
             let ring = q.ring();
@@ -855,7 +862,20 @@ impl Vmm {
         }
         drop(dog);
         let timeout = opts.timeout;
-        Ok(Self { frontend: fe, sock, guest, queues, window, channel, config, shmem_sizes, features, protocol, timeout, closed: false })
+        Ok(Self {
+            frontend: fe,
+            sock,
+            guest,
+            queues,
+            window,
+            channel,
+            config,
+            shmem_sizes,
+            features,
+            protocol,
+            timeout,
+            closed: false,
+        })
     }
 
     /// The acked virtio features.
@@ -956,7 +976,10 @@ fn connect_socket(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
     loop {
         match UnixStream::connect(path) {
             // The daemon may not have bound (ENOENT) or be listening (ECONNREFUSED) yet.
-            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) && Instant::now() < deadline => {
+            Err(e)
+                if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused)
+                    && Instant::now() < deadline =>
+            {
                 thread::sleep(Duration::from_millis(10));
             }
             r => return r,

@@ -18,7 +18,13 @@ fn timespec(t: TimeSet) -> libc::timespec {
 }
 
 impl Passthrough {
-    pub(super) fn do_setattr(&self, ctx: &Context, node: NodeId, fh: Option<HandleId>, set: SetAttr) -> io::Result<(Attr, Duration)> {
+    pub(super) fn do_setattr(
+        &self,
+        ctx: &Context,
+        node: NodeId,
+        fh: Option<HandleId>,
+        set: SetAttr,
+    ) -> io::Result<(Attr, Duration)> {
         let inode = self.inode(node)?;
         let handle = fh.map(|fh| self.handles.get(fh, node)).transpose()?;
         let proc_name = sys::fd_name(inode.path_fd());

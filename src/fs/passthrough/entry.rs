@@ -52,7 +52,13 @@ impl Passthrough {
         sys::unlinkat(parent.path_fd(), name, flags)
     }
 
-    pub(super) fn do_rename(&self, ctx: &Context, from: (NodeId, &CStr), to: (NodeId, &CStr), flags: u32) -> io::Result<()> {
+    pub(super) fn do_rename(
+        &self,
+        ctx: &Context,
+        from: (NodeId, &CStr),
+        to: (NodeId, &CStr),
+        flags: u32,
+    ) -> io::Result<()> {
         self.check_writable()?;
         check_name(from.1)?;
         check_name(to.1)?;
@@ -67,9 +73,7 @@ impl Passthrough {
         let proc_name = sys::fd_name(inode.path_fd());
         let proc_fd = self.proc_fd.as_fd();
         // /proc/self/fd/N followed with AT_SYMLINK_FOLLOW names the inode itself.
-        self.make_node(ctx, parent, name, 0, |dir| {
-            sys::linkat(proc_fd, &proc_name, dir, name, libc::AT_SYMLINK_FOLLOW)
-        })
+        self.make_node(ctx, parent, name, 0, |dir| sys::linkat(proc_fd, &proc_name, dir, name, libc::AT_SYMLINK_FOLLOW))
     }
 
     pub(super) fn do_access(&self, ctx: &Context, node: NodeId, mask: u32) -> io::Result<()> {
@@ -84,7 +88,13 @@ impl Passthrough {
     }
 
     /// CREATE (with a name) or TMPFILE (without): creates, opens and looks up in one go.
-    pub(super) fn do_create(&self, ctx: &Context, parent: NodeId, name: Option<&CStr>, p: CreateParams) -> io::Result<(Entry, HandleId, OpenOptions)> {
+    pub(super) fn do_create(
+        &self,
+        ctx: &Context,
+        parent: NodeId,
+        name: Option<&CStr>,
+        p: CreateParams,
+    ) -> io::Result<(Entry, HandleId, OpenOptions)> {
         self.check_writable()?;
         if let Some(name) = name {
             check_name(name)?;

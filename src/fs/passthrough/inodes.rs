@@ -84,7 +84,14 @@ impl InodeTable {
         let mut t = self.tables.write().map_err(|_| stale())?;
         t.by_id.clear();
         t.by_key.clear();
-        let root = Inode { fd, key, file_type: libc::S_IFDIR, nodeid: ROOT_ID, refs: AtomicU64::new(2), lock_owners: Mutex::default() };
+        let root = Inode {
+            fd,
+            key,
+            file_type: libc::S_IFDIR,
+            nodeid: ROOT_ID,
+            refs: AtomicU64::new(2),
+            lock_owners: Mutex::default(),
+        };
         t.by_id.insert(ROOT_ID, Arc::new(root));
         t.by_key.insert(key, ROOT_ID);
         Ok(())
@@ -93,11 +100,11 @@ impl InodeTable {
     /// Adds one lookup of the inode `key`, inserting it with `fd` if new. Returns its node id.
     pub fn lookup_or_insert(&self, key: InodeKey, file_type: u32, fd: OwnedFd) -> io::Result<NodeId> {
         let mut t = self.tables.write().map_err(|_| stale())?;
-        if let Some(id) = t.by_key.get(&key).copied() {
-            if let Some(inode) = t.by_id.get(&id) {
-                inode.refs.fetch_add(1, Ordering::Relaxed);
-                return Ok(id);
-            }
+        if let Some(id) = t.by_key.get(&key).copied()
+            && let Some(inode) = t.by_id.get(&id)
+        {
+            inode.refs.fetch_add(1, Ordering::Relaxed);
+            return Ok(id);
         }
         let nodeid = NodeId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let inode = Inode { fd, key, file_type, nodeid, refs: AtomicU64::new(1), lock_owners: Mutex::default() };

@@ -17,7 +17,8 @@ const OFFSET_MAX: u64 = i64::MAX as u64;
 fn to_flock(l: Lock) -> io::Result<libc::flock> {
     let inval = || errno(libc::EINVAL);
     let start = i64::try_from(l.start).map_err(|_| inval())?;
-    let len = if l.end >= OFFSET_MAX { 0 } else { i64::try_from(l.end - l.start.min(l.end) + 1).map_err(|_| inval())? };
+    let len =
+        if l.end >= OFFSET_MAX { 0 } else { i64::try_from(l.end - l.start.min(l.end) + 1).map_err(|_| inval())? };
     let typ = i16::try_from(l.typ).map_err(|_| inval())?;
     let typ32 = i32::from(typ);
     if ![libc::F_RDLCK, libc::F_WRLCK, libc::F_UNLCK].contains(&typ32) || l.end < l.start {

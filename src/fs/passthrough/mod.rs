@@ -15,16 +15,16 @@ use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use self::handles::HandleTable;
 use self::inodes::{Inode, InodeKey, InodeTable};
 use super::{
-    Attr, Context, CopyRange, CreateParams, DirSink, Entry, Filesystem, FsCapabilities, HandleId,
-    Lock, LockRequest, Negotiated, NodeId, OpenOptions, SetAttr, StatFs, WriteParams, XattrReply,
-    ZeroCopyReader, ZeroCopyWriter, attr_flags, sys,
+    Attr, Context, CopyRange, CreateParams, DirSink, Entry, Filesystem, FsCapabilities, HandleId, Lock, LockRequest,
+    Negotiated, NodeId, OpenOptions, ReadParams, SetAttr, StatFs, WriteParams, XattrReply, ZeroCopyReader,
+    ZeroCopyWriter, attr_flags, sys,
 };
 
 /// How much the guest may cache (virtiofsd's `--cache`).
@@ -146,12 +146,12 @@ impl Passthrough {
     /// Finishes an attribute set for the guest: submount and DAX flags.
     fn decorate(&self, mut attr: Attr, mnt_id: u64, parent: Option<&Inode>) -> Attr {
         attr.flags = 0;
-        if self.cfg.announce_submounts && attr.mode & libc::S_IFMT == libc::S_IFDIR {
-            if let Some(p) = parent {
-                if p.key.mnt_id != mnt_id || p.key.dev != attr.dev {
-                    attr.flags |= attr_flags::SUBMOUNT;
-                }
-            }
+        if self.cfg.announce_submounts
+            && attr.mode & libc::S_IFMT == libc::S_IFDIR
+            && let Some(p) = parent
+            && (p.key.mnt_id != mnt_id || p.key.dev != attr.dev)
+        {
+            attr.flags |= attr_flags::SUBMOUNT;
         }
         attr
     }
@@ -291,9 +291,9 @@ impl Filesystem for Passthrough {
         Ok((self.handles.insert(fd, inode)?, self.file_open_options()))
     }
 
-    fn read(&self, _ctx: &Context, node: NodeId, fh: HandleId, w: &mut dyn ZeroCopyWriter, size: usize, offset: u64) -> io::Result<usize> {
-        let h = self.handles.get(fh, node)?;
-        file::read_into(h.as_fd(), w, size, offset)
+    fn read(&self, _ctx: &Context, node: NodeId, w: &mut dyn ZeroCopyWriter, p: ReadParams) -> io::Result<usize> {
+        let h = self.handles.get(p.fh, node)?;
+        file::read_into(h.as_fd(), w, p.size, p.offset)
     }
 
     fn write(&self, _ctx: &Context, node: NodeId, r: &mut dyn ZeroCopyReader, p: WriteParams) -> io::Result<usize> {
@@ -346,7 +346,14 @@ impl Filesystem for Passthrough {
         self.do_opendir(node)
     }
 
-    fn readdir(&self, _ctx: &Context, node: NodeId, fh: HandleId, offset: u64, sink: &mut dyn DirSink) -> io::Result<()> {
+    fn readdir(
+        &self,
+        _ctx: &Context,
+        node: NodeId,
+        fh: HandleId,
+        offset: u64,
+        sink: &mut dyn DirSink,
+    ) -> io::Result<()> {
         dir::read_entries(&*self.handles.get(fh, node)?, offset, sink)
     }
 
@@ -372,7 +379,13 @@ impl Filesystem for Passthrough {
         self.do_access(ctx, node, mask)
     }
 
-    fn create(&self, ctx: &Context, parent: NodeId, name: &CStr, p: CreateParams) -> io::Result<(Entry, HandleId, OpenOptions)> {
+    fn create(
+        &self,
+        ctx: &Context,
+        parent: NodeId,
+        name: &CStr,
+        p: CreateParams,
+    ) -> io::Result<(Entry, HandleId, OpenOptions)> {
         self.do_create(ctx, parent, Some(name), p)
     }
 

@@ -21,10 +21,11 @@ impl Passthrough {
         if !self.cfg.xattr {
             return Err(errno(libc::ENOSYS));
         }
-        if let Some(name) = name {
-            if !self.cfg.posix_acl && is_acl_name(name.to_bytes()) {
-                return Err(errno(libc::EOPNOTSUPP));
-            }
+        if let Some(name) = name
+            && !self.cfg.posix_acl
+            && is_acl_name(name.to_bytes())
+        {
+            return Err(errno(libc::EOPNOTSUPP));
         }
         let inode = self.inode(node)?;
         if !inode.is_openable() {
@@ -33,7 +34,14 @@ impl Passthrough {
         self.reopen(&inode, libc::O_RDONLY | libc::O_NONBLOCK)
     }
 
-    pub(super) fn do_setxattr(&self, ctx: &Context, node: NodeId, name: &CStr, value: &[u8], flags: u32) -> io::Result<()> {
+    pub(super) fn do_setxattr(
+        &self,
+        ctx: &Context,
+        node: NodeId,
+        name: &CStr,
+        value: &[u8],
+        flags: u32,
+    ) -> io::Result<()> {
         let fd = self.xattr_fd(node, Some(name))?;
         let flags = i32::try_from(flags).map_err(|_| errno(libc::EINVAL))?;
         let _creds = ScopedCreds::switch(ctx)?;

@@ -62,7 +62,11 @@ impl<F: Filesystem> Server<F> {
     pub(crate) fn unlink(&self, req: &mut Request<'_>, dir: bool) -> OpResult {
         let name = req.body.cstr()?;
         let parent = NodeId(req.hdr.nodeid);
-        if dir { self.fs.rmdir(&req.ctx, parent, name)? } else { self.fs.unlink(&req.ctx, parent, name)? }
+        if dir {
+            self.fs.rmdir(&req.ctx, parent, name)?
+        } else {
+            self.fs.unlink(&req.ctx, parent, name)?
+        }
         ok_empty()
     }
 

@@ -3,12 +3,12 @@
 
 use std::io;
 
-use crate::fs::{CopyRange, Filesystem, HandleId, NodeId, WriteParams};
+use crate::fs::Context;
+use crate::fs::{CopyRange, Filesystem, HandleId, NodeId, ReadParams, WriteParams};
 use crate::fuse::abi::*;
 use crate::fuse::chain::{Reader, Writer};
 use crate::fuse::convert::open_flags;
 use crate::fuse::server::{MAX_WRITE, OpResult, Reply, Request, Server, ok, ok_empty};
-use crate::fs::Context;
 
 impl<F: Filesystem> Server<F> {
     pub(crate) fn open(&self, req: &mut Request<'_>) -> OpResult {
@@ -26,7 +26,8 @@ impl<F: Filesystem> Server<F> {
         }
         let mut data = w.split_off(size_of::<OutHeader>()).map_err(io::Error::from)?;
         let size = usize::try_from(r.size).unwrap_or(0).min(data_room(&data));
-        let n = self.fs.read(&req.ctx, NodeId(req.hdr.nodeid), HandleId(r.fh), &mut data, size, r.offset)?;
+        let p = ReadParams { fh: HandleId(r.fh), offset: r.offset, size };
+        let n = self.fs.read(&req.ctx, NodeId(req.hdr.nodeid), &mut data, p)?;
         let len = u32::try_from(size_of::<OutHeader>() + n).unwrap_or(u32::MAX);
         w.write_obj(&OutHeader { len, error: 0, unique: req.hdr.unique }).map_err(io::Error::from)?;
         Ok(Reply::Done(size_of::<OutHeader>() + n))
@@ -56,7 +57,11 @@ impl<F: Filesystem> Server<F> {
         let f: FsyncIn = req.body.obj()?;
         let datasync = f.fsync_flags & FUSE_FSYNC_FDATASYNC != 0;
         let (node, fh) = (NodeId(req.hdr.nodeid), HandleId(f.fh));
-        if dir { self.fs.fsyncdir(&req.ctx, node, fh, datasync)? } else { self.fs.fsync(&req.ctx, node, fh, datasync)? }
+        if dir {
+            self.fs.fsyncdir(&req.ctx, node, fh, datasync)?
+        } else {
+            self.fs.fsync(&req.ctx, node, fh, datasync)?
+        }
         ok_empty()
     }
 
