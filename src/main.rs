@@ -1,8 +1,6 @@
 //! daxfsd: parse options, set up logging and limits, build the filesystem, the FUSE server and
 //! the vhost-user device, then serve frontends on the socket one after another.
 
-use std::os::fd::FromRawFd as _;
-use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -139,9 +137,7 @@ fn group_id(name: &str) -> Option<u32> {
 
 fn listen(o: &Options) -> Result<Listener, StartupError> {
     if let Some(fd) = o.fd {
-        // SAFETY-free: the operator handed us this listening socket; we own it from now on.
-        let l = take_listener_fd(fd);
-        return Ok(Listener::from(l));
+        return Ok(Listener::from(sys::take_listener_fd(fd)));
     }
     let path = o.socket_path.clone().or_else(|| o.socket.clone()).ok_or(StartupError::NoSocket)?;
     if o.socket.is_some() {
@@ -157,13 +153,6 @@ fn listen(o: &Options) -> Result<Listener, StartupError> {
     }
     info!("listening on {}", path.display());
     Ok(listener)
-}
-
-#[allow(unsafe_code)]
-fn take_listener_fd(fd: i32) -> UnixListener {
-    // SAFETY: --fd names a listening socket the operator passed to us to own; nothing else in
-    // this process uses that descriptor number.
-    unsafe { UnixListener::from_raw_fd(fd) }
 }
 
 fn check_options(o: &Options) -> Result<(), StartupError> {

@@ -406,3 +406,11 @@ pub fn faccessat(dir: BorrowedFd<'_>, name: &CStr, mask: i32) -> io::Result<()> 
     // SAFETY: NUL-terminated name borrowed for the call.
     check(unsafe { libc::faccessat(dir.as_raw_fd(), name.as_ptr(), mask, libc::AT_EACCESS) })
 }
+
+/// Takes ownership of the listening socket the operator passed with --fd.
+pub fn take_listener_fd(fd: i32) -> std::os::unix::net::UnixListener {
+    use std::os::fd::FromRawFd;
+    // SAFETY: --fd names a listening socket handed to this process to own; nothing else in the
+    // process uses that descriptor number, and it is taken exactly once, at startup.
+    unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) }
+}

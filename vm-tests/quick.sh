@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# quick.sh — the quick VM tier: boots a real guest (QEMU 11.1, Debian's kernel, TCG by default)
+# against the built daxfsd and runs the smoke tests on each frontend kind daxfsd must serve.
+#
+# Usage: vm-tests/quick.sh [--daemon PATH] [--accel tcg|kvm]
+# Builds the VM environment first if needed (vm-tests/env.sh). Exits non-zero on any failure.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+daemon=${DAXFSD_BIN:-$here/../target/debug/daxfsd}
+accel=tcg
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --daemon) daemon=$2; shift 2 ;;
+        --accel) accel=$2; shift 2 ;;
+        *) echo "quick.sh: unknown option $1" >&2; exit 2 ;;
+    esac
+done
+[[ -x $daemon ]] || { echo "quick.sh: no daemon at $daemon (cargo build first)" >&2; exit 2; }
+
+"$here/env.sh" >/dev/null
+
+run() { # name, launcher args...
+    local name=$1; shift
+    local t0=$SECONDS
+    echo "=== vm-tests quick: $name"
+    "$here/run-vm.sh" --daemon "$daemon" --accel "$accel" "$@"
+    echo "=== vm-tests quick: $name passed in $((SECONDS - t0)) s"
+}
+
+# QEMU's vhost-user-fs-pci: plain virtio-fs, one request queue, checked from the host too.
+run "fs-pci smoke" --device fs --test smoke,mount --host-check "$here/host-check-smoke.sh"
+# The generic vhost-user device (the one DAX needs), config from the daemon, two request queues.
+run "generic device, 2 queues" --device dax --queues 2 --daemon-arg=--num-request-queues=2 \
+    --test smoke,mount --host-check "$here/host-check-smoke.sh"
+# cache=never and the writeback cache, one boot each.
+run "cache=never" --device fs --daemon-arg=--cache=never --test smoke
+run "writeback" --device fs --daemon-arg=--writeback --test smoke
+echo "vm-tests quick: all passed"
