@@ -41,7 +41,7 @@ impl Daemon {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("vfs.sock");
         let log = dir.path().join("daemon.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_daxfsd"))
+        let child = Command::new(option_env!("CARGO_BIN_EXE_daxfsd").unwrap_or("target/debug/daxfsd"))
             .arg("--shared-dir")
             .arg(share.path())
             .arg("--socket-path")

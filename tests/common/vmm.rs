@@ -200,9 +200,8 @@ impl SplitRing {
         (ring, used + 6 + 8 * n - base)
     }
 
-    fn write_desc(&self, mem: &GuestMemoryMmap, i: u16, d: (u64, u32, u16), next: u16) -> io::Result<()> {
-        let at = self.desc.0 + 16 * u64::from(i);
-        write_desc_at(mem, at, d, next)
+    fn desc_addr(&self, i: u16) -> u64 {
+        self.desc.0 + 16 * u64::from(i)
     }
 
     /// Puts `head` in avail slot `idx`, then publishes `idx + 1` to the device.
@@ -381,11 +380,11 @@ impl Virtqueue {
                 let (d, next) = link(next, d);
                 write_desc_at(&g.mem, table + 16 * i as u64, d, next)?;
             }
-            self.ring.write_desc(&g.mem, idx[0], (table, table_len, F_INDIRECT), 0)?;
+            write_desc_at(&g.mem, self.ring.desc_addr(idx[0]), (table, table_len, F_INDIRECT), 0)?;
         } else {
             for (i, &d) in staged.chain.iter().enumerate() {
                 let (d, next) = link(idx.get(i + 1).copied(), d);
-                self.ring.write_desc(&g.mem, idx[i], d, next)?;
+                write_desc_at(&g.mem, self.ring.desc_addr(idx[i]), d, next)?;
             }
         }
         self.ring.publish(&g.mem, st.next_avail, idx[0])?;
@@ -400,6 +399,7 @@ impl Virtqueue {
 
     /// Moves every new used element to `done` and re-arms `used_event`.
     fn harvest(&self, g: &GuestMem, st: &mut QueueState) -> io::Result<()> {
+        let seen = st.last_used;
         loop {
             let idx = self.ring.used_idx(&g.mem)?;
             while st.last_used != idx {
@@ -415,9 +415,18 @@ impl Virtqueue {
             // either it sees our used_event and signals, or we see its new idx here.
             fence(Ordering::SeqCst);
             if self.ring.used_idx(&g.mem)? == st.last_used {
-                return Ok(());
+                break;
             }
         }
+        if st.last_used != seen {
+            // What we moved may be another waiter's, whose call the device may now skip (our
+            // used_event moved): wake the condvar waiters, and the poller with a call of our own.
+            self.cond.notify_all();
+            if st.polling {
+                self.call.write(1)?;
+            }
+        }
+        Ok(())
     }
 
     /// Waits up to `timeout` for the chain `id` to be used, then copies its writable bytes out.
@@ -544,6 +553,9 @@ impl Window {
         Ok(w)
     }
 
+    /// The window's first byte. Direct access is not what a guest sees: a write outside every
+    /// piece raises SIGSEGV, and touching a page past its file's EOF raises SIGBUS. Prefer
+    /// `read` and `write`.
     pub fn base(&self) -> *mut u8 {
         self.base as *mut u8
     }
@@ -705,9 +717,12 @@ impl Watchdog {
 
     /// Turns a vhost-user result into an `io::Result` naming the step (TimedOut if we fired).
     fn check<T>(&self, what: &str, r: vhost::Result<T>) -> io::Result<T> {
-        r.map_err(|e| match self.fired.load(Ordering::SeqCst) {
-            true => timed_out(format!("{what}: no answer")),
-            false => io::Error::other(format!("{what}: {e}")),
+        r.map_err(|e| {
+            if self.fired.load(Ordering::SeqCst) {
+                timed_out(format!("{what}: no answer"))
+            } else {
+                io::Error::other(format!("{what}: {e}"))
+            }
         })
     }
 }
@@ -786,6 +801,7 @@ impl Vmm {
     /// way QEMU does: owner, features, protocol features, queue count, config, shmem config,
     /// backend channel, FEATURES_OK, memory table, then each vring, enabled.
     pub fn connect(path: impl AsRef<Path>, num_queues: usize, opts: VmmOptions) -> io::Result<Self> {
+        type P = VhostUserProtocolFeatures;
         let stream = connect_socket(path.as_ref(), opts.timeout)?;
         let sock = stream.try_clone()?;
         let dog = Watchdog::arm(&sock, opts.timeout)?;
@@ -800,7 +816,6 @@ impl Vmm {
             | u64::from(opts.event_idx) << VIRTIO_RING_F_EVENT_IDX;
         let features = needed | (offered & optional);
 
-        type P = VhostUserProtocolFeatures;
         let mut wanted = P::MQ | P::REPLY_ACK | P::CONFIG | P::BACKEND_REQ | P::BACKEND_SEND_FD;
         wanted.set(P::SHMEM, opts.shmem);
         // set_protocol_features records what it is given as acked: mask by the offer first.
@@ -815,24 +830,21 @@ impl Vmm {
                 return Err(io::Error::other(format!("backend has {n} queues, {num_queues} wanted")));
             }
         }
-        let config = match protocol.contains(P::CONFIG) {
-            true => Some(parse_config(
-                &dog.check("GET_CONFIG", fe.get_config(0, 40, VhostUserConfigFlags::empty(), &[0; 40]))?.1,
-            )?),
-            false => None,
-        };
-        let shmem_sizes = match protocol.contains(P::SHMEM) {
-            true => {
-                let c = dog.check("GET_SHMEM_CONFIG", fe.get_shmem_config())?;
-                c.memory_sizes.into_iter().take(c.nregions as usize).collect()
-            }
-            false => vec![],
-        };
+        let mut config = None;
+        if protocol.contains(P::CONFIG) {
+            let (_, raw) = dog.check("GET_CONFIG", fe.get_config(0, 40, VhostUserConfigFlags::empty(), &[0; 40]))?;
+            config = Some(parse_config(&raw)?);
+        }
+        let mut shmem_sizes = vec![];
+        if protocol.contains(P::SHMEM) {
+            let c = dog.check("GET_SHMEM_CONFIG", fe.get_shmem_config())?;
+            shmem_sizes = c.memory_sizes.into_iter().take(c.nregions as usize).collect();
+        }
         let window = Arc::new(Window::new(shmem_sizes.first().copied().unwrap_or(0))?);
-        let channel = match protocol.contains(P::BACKEND_REQ) {
-            true => Some(Channel::start(&mut fe, &dog, window.clone(), protocol.contains(P::REPLY_ACK))?),
-            false => None,
-        };
+        let mut channel = None;
+        if protocol.contains(P::BACKEND_REQ) {
+            channel = Some(Channel::start(&mut fe, &dog, window.clone(), protocol.contains(P::REPLY_ACK))?);
+        }
         dog.check("SET_FEATURES", fe.set_features(features))?;
 
         let guest = GuestMem::new(opts.mem_size)?;
