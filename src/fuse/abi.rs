@@ -341,3 +341,29 @@ pub const FUSE_SETUPMAPPING_FLAG_READ: u64 = 1 << 1;
 pub const fn dirent_align(x: usize) -> usize {
     (x + 7) & !7
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opcode_decodes_every_known_value_and_rejects_gaps() {
+        assert_eq!(Opcode::try_from(1), Ok(Opcode::Lookup));
+        assert_eq!(Opcode::try_from(52), Ok(Opcode::Statx));
+        for v in [0, 7, 19, 53, 4096, u32::MAX] {
+            assert_eq!(Opcode::try_from(v), Err(v));
+        }
+        for v in 1..=52u32 {
+            if let Ok(op) = Opcode::try_from(v) {
+                assert_eq!(op as u32, v);
+            }
+        }
+    }
+
+    #[test]
+    fn dirent_align_pads_to_eight() {
+        assert_eq!(dirent_align(24 + 1), 32);
+        assert_eq!(dirent_align(32), 32);
+        assert_eq!(dirent_align(0), 0);
+    }
+}

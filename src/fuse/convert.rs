@@ -104,3 +104,22 @@ pub fn open_flags(o: OpenOptions) -> u32 {
     }
     f
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_dev_matches_kernel_new_encode_dev() {
+        // new_encode_dev(MKDEV(8, 1)) == 0x801; large minors move to bits 20+.
+        assert_eq!(encode_dev(libc::makedev(8, 1)), 0x801);
+        assert_eq!(encode_dev(libc::makedev(259, 0x1_0005)), 0x05 | (259 << 8) | (0x1_0000 << 12));
+    }
+
+    #[test]
+    fn negative_times_keep_their_bits() {
+        let a = Attr { mtime: (-1, 5), ..Attr::default() };
+        let w = abi::Attr::from(a);
+        assert_eq!((w.mtime, w.mtimensec), (u64::MAX, 5));
+    }
+}

@@ -104,3 +104,69 @@ fn parse_groups(p: &[u8]) -> Result<Vec<u32>, DecodeError> {
     let ids = rest.get(..need).ok_or(DecodeError::BadExtension)?;
     Ok(ids.chunks_exact(4).filter_map(|c| c.try_into().ok()).map(u32::from_le_bytes).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fuse::abi::{GetattrIn, RemovemappingOne};
+    use zerocopy::IntoBytes;
+
+    #[test]
+    fn obj_on_short_body_is_body_too_short() {
+        let mut b = Body::new(&[0u8; 10]);
+        assert_eq!(b.obj::<GetattrIn>().unwrap_err(), DecodeError::BodyTooShort { needed: 16, have: 10 });
+    }
+
+    #[test]
+    fn cstr_without_nul_is_missing_nul_and_two_names_decode() {
+        assert_eq!(Body::new(b"abc").cstr().unwrap_err(), DecodeError::MissingNul);
+        let mut b = Body::new(b"old\0new\0tail");
+        assert_eq!(b.cstr().unwrap().to_bytes(), b"old");
+        assert_eq!(b.cstr().unwrap().to_bytes(), b"new");
+        assert_eq!(b.rest(), b"tail");
+    }
+
+    #[test]
+    fn unaligned_struct_reads_at_odd_offsets() {
+        // REMOVEMAPPING's array starts at byte 44: unaligned reads must work.
+        let one = RemovemappingOne { moffset: 0x20_0000, len: 0x20_0000 };
+        let mut bytes = vec![7u8; 4];
+        bytes.extend_from_slice(one.as_bytes());
+        let mut b = Body::new(&bytes);
+        b.bytes(4).unwrap();
+        let got: RemovemappingOne = b.obj().unwrap();
+        assert_eq!((got.moffset, got.len), (0x20_0000, 0x20_0000));
+    }
+
+    fn ext(size: u32, typ: u32, payload: &[u8]) -> Vec<u8> {
+        [ExtHeader { size, typ }.as_bytes(), payload].concat()
+    }
+
+    #[test]
+    fn split_extensions_reads_supplementary_groups() {
+        let groups = [SuppGroups { nr_groups: 1 }.as_bytes(), &77u32.to_le_bytes()].concat();
+        let body = [b"name\0".as_slice(), &[0; 3], &ext(16, FUSE_EXT_GROUPS, &groups)].concat();
+        let (rest, g) = split_extensions(&body, 16).unwrap();
+        assert_eq!(rest, b"name\0\0\0\0");
+        assert_eq!(g, vec![77]);
+    }
+
+    #[test]
+    fn split_extensions_rejects_bad_lengths() {
+        assert_eq!(split_extensions(b"short", 8).unwrap_err(), DecodeError::BadExtension);
+        let body = ext(4, FUSE_EXT_GROUPS, &[0; 4]);
+        assert_eq!(split_extensions(&body, 8).unwrap_err(), DecodeError::BadExtension);
+        let body = ext(64, FUSE_EXT_GROUPS, &[0; 8]);
+        assert_eq!(split_extensions(&body, 16).unwrap_err(), DecodeError::BadExtension);
+        let lying = [SuppGroups { nr_groups: 1000 }.as_bytes(), &[0u8; 4]].concat();
+        let body = ext(16, FUSE_EXT_GROUPS, &lying);
+        assert_eq!(split_extensions(&body, 16).unwrap_err(), DecodeError::BadExtension);
+    }
+
+    #[test]
+    fn unknown_extensions_are_skipped() {
+        let body = ext(16, 31, &[1; 8]);
+        let (rest, g) = split_extensions(&body, 16).unwrap();
+        assert!(rest.is_empty() && g.is_empty());
+    }
+}

@@ -265,42 +265,33 @@ impl Staged {
             Desc::Write(n) => n,
             Desc::Raw { .. } => 0,
         };
-        let data_len: u64 = descs.iter().map(|d| (buf_len(d) as u64).next_multiple_of(8)).sum();
-        let base = g.alloc(table_len + data_len, 16)?;
-        let mut s = Self {
-            block: (base, table_len + data_len),
-            table: indirect.then_some(base),
-            chain: vec![],
-            writes: vec![],
-        };
-        if let Err(e) = s.fill(g, descs, base + table_len) {
-            g.release(base, table_len + data_len);
-            return Err(e);
-        }
-        Ok(s)
-    }
-
-    fn fill(&mut self, g: &GuestMem, descs: &[Desc], mut at: u64) -> io::Result<()> {
+        let total = table_len + descs.iter().map(|d| (buf_len(d) as u64).next_multiple_of(8)).sum::<u64>();
+        let base = g.alloc(total, 16)?;
+        let mut s = Self { block: (base, total), table: indirect.then_some(base), chain: vec![], writes: vec![] };
+        let mut at = base + table_len;
         for d in descs {
-            let (addr, len, flags) = match *d {
-                Desc::Read(b) => {
-                    g.mem.write_slice(b, GuestAddress(at)).map_err(mem_err)?;
-                    (at, b.len(), 0)
-                }
-                Desc::Write(n) => {
-                    g.mem.write_slice(&vec![0; n], GuestAddress(at)).map_err(mem_err)?;
-                    self.writes.push((at, n));
-                    (at, n, F_WRITE)
-                }
+            let (len, flags, written) = match *d {
+                Desc::Read(b) => (b.len(), 0, g.mem.write_slice(b, GuestAddress(at))),
+                Desc::Write(n) => (n, F_WRITE, g.mem.write_slice(&vec![0; n], GuestAddress(at))),
                 Desc::Raw { addr, len, flags } => {
-                    self.chain.push((addr, len, flags));
+                    s.chain.push((addr, len, flags));
                     continue;
                 }
             };
-            self.chain.push((addr, u32::try_from(len).map_err(|_| einval())?, flags));
+            let len32 = match written.map_err(mem_err).and_then(|()| u32::try_from(len).map_err(|_| einval())) {
+                Ok(l) => l,
+                Err(e) => {
+                    g.release(base, total);
+                    return Err(e);
+                }
+            };
+            if flags == F_WRITE {
+                s.writes.push((at, len));
+            }
+            s.chain.push((at, len32, flags));
             at += (len as u64).next_multiple_of(8);
         }
-        Ok(())
+        Ok(s)
     }
 }
 
@@ -323,9 +314,11 @@ struct QueueState {
 
 /// The driver side of one split virtqueue. Any number of threads may submit and wait.
 pub struct Virtqueue {
-    ring: SplitRing,
-    kick: EventFd,
-    call: EventFd,
+    pub ring: SplitRing,
+    /// Written by `submit`; the device's SET_VRING_KICK fd.
+    pub kick: EventFd,
+    /// Read by `wait`; the device's SET_VRING_CALL fd.
+    pub call: EventFd,
     state: Mutex<QueueState>,
     cond: Condvar,
 }
@@ -347,16 +340,6 @@ impl Virtqueue {
         })
     }
 
-    pub fn ring(&self) -> SplitRing {
-        self.ring
-    }
-    pub fn kick(&self) -> &EventFd {
-        &self.kick
-    }
-    pub fn call(&self) -> &EventFd {
-        &self.call
-    }
-
     /// Stages `descs`, makes them available (directly, or as one indirect table) and kicks.
     /// ENOSPC if the queue lacks free descriptors. Returns the ticket id.
     pub fn submit(&self, g: &GuestMem, descs: &[Desc], indirect: bool) -> io::Result<u64> {
@@ -370,22 +353,21 @@ impl Virtqueue {
         }
         let at = st.free.len() - need;
         let idx = st.free.split_off(at);
-        let link = |next: Option<u16>, (a, l, f): (u64, u32, u16)| {
-            ((a, l, if next.is_some() { f | F_NEXT } else { f }), next.unwrap_or(0))
-        };
-        if let Some(table) = staged.table {
-            let table_len = u32::try_from(16 * staged.chain.len()).map_err(|_| einval())?;
-            for (i, &d) in staged.chain.iter().enumerate() {
-                let next = (i + 1 < staged.chain.len()).then(|| u16::try_from(i + 1).unwrap_or(0));
-                let (d, next) = link(next, d);
-                write_desc_at(&g.mem, table + 16 * i as u64, d, next)?;
-            }
-            write_desc_at(&g.mem, self.ring.desc_addr(idx[0]), (table, table_len, F_INDIRECT), 0)?;
-        } else {
-            for (i, &d) in staged.chain.iter().enumerate() {
-                let (d, next) = link(idx.get(i + 1).copied(), d);
-                write_desc_at(&g.mem, self.ring.desc_addr(idx[i]), d, next)?;
-            }
+        // Direct: the chain links ring descriptors `idx`. Indirect: it links table entries 0..n,
+        // and ring descriptor idx[0] points at the table.
+        let n = staged.chain.len();
+        for (i, &(addr, len, flags)) in staged.chain.iter().enumerate() {
+            let (at, next) = match staged.table {
+                Some(t) => (t + 16 * i as u64, u16::try_from(i + 1).ok()),
+                None => (self.ring.desc_addr(idx[i]), idx.get(i + 1).copied()),
+            };
+            let next = next.filter(|_| i + 1 < n);
+            let flags = if next.is_some() { flags | F_NEXT } else { flags };
+            write_desc_at(&g.mem, at, (addr, len, flags), next.unwrap_or(0))?;
+        }
+        if let Some(t) = staged.table {
+            let table_len = u32::try_from(16 * n).map_err(|_| einval())?;
+            write_desc_at(&g.mem, self.ring.desc_addr(idx[0]), (t, table_len, F_INDIRECT), 0)?;
         }
         self.ring.publish(&g.mem, st.next_avail, idx[0])?;
         st.next_avail = st.next_avail.wrapping_add(1);
@@ -854,7 +836,7 @@ impl Vmm {
             (0..num_queues).map(|_| Virtqueue::new(&guest, opts.queue_size)).collect::<io::Result<Vec<_>>>()?;
         for (i, q) in queues.iter().enumerate() {
             let hva = |a: GuestAddress| guest.mem.get_host_address(a).map(|p| p as u64).map_err(mem_err);
-            let ring = q.ring();
+            let ring = q.ring;
             let addrs = VringConfigData {
                 queue_max_size: ring.size,
                 queue_size: ring.size,
@@ -868,8 +850,8 @@ impl Vmm {
             dog.check("SET_VRING_NUM", fe.set_vring_num(i, ring.size))?;
             dog.check("SET_VRING_BASE", fe.set_vring_base(i, 0))?;
             dog.check("SET_VRING_ADDR", fe.set_vring_addr(i, &addrs))?;
-            dog.check("SET_VRING_CALL", fe.set_vring_call(i, q.call()))?;
-            dog.check("SET_VRING_KICK", fe.set_vring_kick(i, q.kick()))?;
+            dog.check("SET_VRING_CALL", fe.set_vring_call(i, &q.call))?;
+            dog.check("SET_VRING_KICK", fe.set_vring_kick(i, &q.kick))?;
             dog.check("SET_VRING_ENABLE", fe.set_vring_enable(i, true))?;
         }
         drop(dog);

@@ -419,3 +419,41 @@ impl Filesystem for Passthrough {
         self.do_create(ctx, parent, None, p)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::ROOT_ID;
+
+    #[test]
+    fn check_name_rejects_escapes() {
+        for bad in [c"", c".", c"..", c"a/b", c"/", c"../x"] {
+            assert_eq!(check_name(bad).unwrap_err().raw_os_error(), Some(libc::EINVAL), "{bad:?}");
+        }
+        for good in [c"a", c"...", c".hidden", c"a b", c"\xff"] {
+            assert!(check_name(good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn cache_timeouts_are_virtiofsds() {
+        assert_eq!(CachePolicy::Never.timeout(), Duration::ZERO);
+        assert_eq!(CachePolicy::Auto.timeout(), Duration::from_secs(1));
+        assert_eq!(CachePolicy::Always.timeout(), Duration::from_secs(86400));
+    }
+
+    #[test]
+    fn lookup_on_unknown_parent_is_enoent_and_forget_frees() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        let fs = Passthrough::new(Config { root: dir.path().into(), ..Config::default() }).unwrap();
+        let ctx = Context::default();
+        assert_eq!(fs.lookup(&ctx, NodeId(99), c"f").unwrap_err().raw_os_error(), Some(libc::ENOENT));
+        let e = fs.lookup(&ctx, ROOT_ID, c"f").unwrap();
+        assert_eq!(fs.lookup(&ctx, ROOT_ID, c"f").unwrap().nodeid, e.nodeid);
+        fs.forget(e.nodeid, 2);
+        assert!(fs.getattr(&ctx, e.nodeid, None).is_err());
+        fs.forget(ROOT_ID, 100);
+        assert!(fs.getattr(&ctx, ROOT_ID, None).is_ok(), "the root is never forgotten");
+    }
+}
