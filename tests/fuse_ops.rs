@@ -325,3 +325,87 @@ fn destroy_then_init_starts_a_new_session() {
     assert_eq!(c.getattr(n).unwrap_err(), libc::ENOENT, "old node ids are gone");
     assert!(c.lookup(1, "f").is_ok());
 }
+
+#[test]
+fn killpriv_v2_write_clears_suid() {
+    let d = Daemon::start(&["--killpriv-v2"]);
+    let c = d.client();
+    let flags = c.do_init(FUSE_INIT_EXT | FUSE_HANDLE_KILLPRIV_V2);
+    assert_ne!(flags.flags & FUSE_HANDLE_KILLPRIV_V2 as u32, 0);
+    let (e, fh) = c.create(1, "suid", libc::O_RDWR | libc::O_CREAT, 0o4755).unwrap();
+    assert_eq!(c.getattr(e.nodeid).unwrap().attr.mode & 0o7777, 0o4755);
+    let w = WriteIn { fh, offset: 0, size: 1, write_flags: FUSE_WRITE_KILL_SUIDGID, ..Default::default() };
+    use zerocopy::IntoBytes;
+    c.call(Opcode::Write, e.nodeid, &[w.as_bytes(), b"x"], 8).unwrap();
+    assert_eq!(std::fs::metadata(d.path("suid")).unwrap().permissions().mode() & 0o7777, 0o755);
+    // A plain write (no kill flag) leaves the bits alone, as the guest asked for nothing.
+    let s = SetattrIn { valid: FATTR_MODE, mode: 0o4755, ..Default::default() };
+    c.setattr(e.nodeid, s).unwrap();
+    c.write(e.nodeid, fh, 1, b"y").unwrap();
+    assert_eq!(std::fs::metadata(d.path("suid")).unwrap().permissions().mode() & 0o7777, 0o4755);
+}
+
+#[test]
+fn flock_conflicts_between_handles() {
+    let d = Daemon::start(&[]);
+    let c = d.client();
+    let n = c.make_file("f", b"x");
+    let fh1 = c.open(n, libc::O_RDONLY).unwrap();
+    let fh2 = c.open(n, libc::O_RDONLY).unwrap();
+    c.lk(Opcode::Setlk, n, fh1, 1, lock(0, u64::MAX, libc::F_WRLCK), true).unwrap();
+    assert_eq!(c.lk(Opcode::Setlk, n, fh2, 2, lock(0, u64::MAX, libc::F_RDLCK), true).unwrap_err(), libc::EAGAIN);
+    c.lk(Opcode::Setlk, n, fh1, 1, lock(0, u64::MAX, libc::F_UNLCK), true).unwrap();
+    c.lk(Opcode::Setlk, n, fh2, 2, lock(0, u64::MAX, libc::F_RDLCK), true).unwrap();
+}
+
+#[test]
+fn batch_forget_drops_every_listed_node_without_reply() {
+    use zerocopy::IntoBytes;
+    let d = Daemon::start(&[]);
+    let c = d.client();
+    let a = c.make_file("a", b"");
+    let b = c.make_file("b", b"");
+    let body = [
+        BatchForgetIn { count: 2, dummy: 0 }.as_bytes(),
+        ForgetOne { nodeid: a, nlookup: 1 }.as_bytes(),
+        ForgetOne { nodeid: b, nlookup: 1 }.as_bytes(),
+    ]
+    .concat();
+    let hdr = c.header(Opcode::BatchForget as u32, 0, body.len());
+    let r = c.raw(HIPRIO_Q, &[hdr.as_bytes(), &body], 0);
+    assert_eq!(r.used_len, 0);
+    assert_eq!(c.getattr(a).unwrap_err(), libc::ENOENT);
+    assert_eq!(c.getattr(b).unwrap_err(), libc::ENOENT);
+}
+
+#[test]
+fn fsyncdir_getattr_by_handle_and_interrupt() {
+    use zerocopy::IntoBytes;
+    let d = Daemon::start(&[]);
+    let c = d.client();
+    let fh = c.opendir(1).unwrap();
+    let f = FsyncIn { fh, fsync_flags: 0, padding: 0 };
+    c.call(Opcode::Fsyncdir, 1, &[f.as_bytes()], 0).unwrap();
+    let g = GetattrIn { getattr_flags: FUSE_GETATTR_FH, dummy: 0, fh };
+    let a: AttrOut = parse(&c.call(Opcode::Getattr, 1, &[g.as_bytes()], 104).unwrap());
+    assert_eq!(a.attr.mode & libc::S_IFMT, libc::S_IFDIR);
+    let hdr = c.header(Opcode::Interrupt as u32, 0, 8);
+    let r = c.raw(REQ_Q, &[hdr.as_bytes(), InterruptIn { unique: 1 }.as_bytes()], 16);
+    assert_eq!(r.used_len, 0, "INTERRUPT gets no reply");
+    c.releasedir(1, fh).unwrap();
+}
+
+#[test]
+fn access_is_checked_as_the_caller() {
+    let d = Daemon::start(&[]);
+    let mut c = d.client();
+    let n = c.make_file("secret", b"x");
+    let s = SetattrIn { valid: FATTR_MODE, mode: 0o600, ..Default::default() };
+    c.setattr(n, s).unwrap();
+    c.uid = 1000;
+    c.gid = 1000;
+    assert_eq!(c.access(n, libc::R_OK as u32).unwrap_err(), libc::EACCES);
+    c.uid = 0;
+    c.gid = 0;
+    c.access(n, libc::R_OK as u32).unwrap();
+}

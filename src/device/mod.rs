@@ -122,7 +122,11 @@ impl<F: Filesystem + 'static> FsDevice<F> {
             if event_idx {
                 vring.disable_notification().map_err(io::Error::other)?;
             }
-            while let Some(chain) = vring.get_mut().get_queue_mut().pop_descriptor_chain(Arc::clone(&mem)) {
+            loop {
+                // Own statement: a `while let` would keep the vring lock for the loop body, and
+                // the workers completing requests need that lock.
+                let next = vring.get_mut().get_queue_mut().pop_descriptor_chain(Arc::clone(&mem));
+                let Some(chain) = next else { break };
                 self.submit(qidx, vring.clone(), Arc::clone(&mem), chain);
             }
             if !event_idx || !vring.enable_notification().map_err(io::Error::other)? {

@@ -2,7 +2,7 @@
 //! rules a local filesystem would.
 
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
 use super::Passthrough;
@@ -15,6 +15,23 @@ fn timespec(t: TimeSet) -> libc::timespec {
         TimeSet::Now => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
         TimeSet::At(s, ns) => libc::timespec { tv_sec: s, tv_nsec: i64::from(ns) },
     }
+}
+
+/// Clears suid, and sgid when group-executable, as a write by an unprivileged caller would.
+/// The daemon writes as root (CAP_FSETID), so under FUSE_HANDLE_KILLPRIV_V2 the host kernel
+/// would keep them: the guest then relies on us.
+pub fn kill_suidgid(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let (attr, _) = sys::statx(fd)?;
+    let mut mode = attr.mode & 0o7777;
+    let sgid_exec = libc::S_ISGID | libc::S_IXGRP;
+    if mode & libc::S_ISUID == 0 && mode & sgid_exec != sgid_exec {
+        return Ok(());
+    }
+    mode &= !libc::S_ISUID;
+    if mode & sgid_exec == sgid_exec {
+        mode &= !libc::S_ISGID;
+    }
+    sys::fchmod(fd, mode)
 }
 
 impl Passthrough {
@@ -40,10 +57,18 @@ impl Passthrough {
             sys::fchown(inode.path_fd(), set.uid.unwrap_or(u32::MAX), set.gid.unwrap_or(u32::MAX))?;
         }
         if let Some(size) = set.size {
-            match &handle {
+            let reopened;
+            let fd = match &handle {
                 // The guest checked write access when it opened the handle.
-                Some(h) => sys::ftruncate(h.as_fd(), size)?,
-                None => sys::ftruncate(self.reopen(&inode, libc::O_WRONLY)?.as_fd(), size)?,
+                Some(h) => h.as_fd(),
+                None => {
+                    reopened = self.reopen(&inode, libc::O_WRONLY)?;
+                    reopened.as_fd()
+                }
+            };
+            sys::ftruncate(fd, size)?;
+            if set.kill_suidgid && set.mode.is_none() {
+                kill_suidgid(fd)?;
             }
         }
         if set.atime != TimeSet::Omit || set.mtime != TimeSet::Omit {

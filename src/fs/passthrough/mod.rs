@@ -181,7 +181,7 @@ impl Passthrough {
     /// Host open flags for a guest open: drop what the host must not see, add what we need.
     fn host_open_flags(&self, flags: u32) -> i32 {
         let mut f = i32::from_ne_bytes(flags.to_ne_bytes());
-        f &= !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW | libc::O_NOATIME);
+        f &= !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW | libc::O_NOATIME | libc::O_PATH);
         if !self.cfg.allow_direct_io {
             f &= !libc::O_DIRECT;
         }
@@ -279,7 +279,7 @@ impl Filesystem for Passthrough {
         self.do_link(ctx, node, parent, name)
     }
 
-    fn open(&self, _ctx: &Context, node: NodeId, flags: u32, _kill: bool) -> io::Result<(HandleId, OpenOptions)> {
+    fn open(&self, _ctx: &Context, node: NodeId, flags: u32, kill: bool) -> io::Result<(HandleId, OpenOptions)> {
         if Self::wants_write(flags) {
             self.check_writable()?;
         }
@@ -288,6 +288,9 @@ impl Filesystem for Passthrough {
             return Err(errno(libc::EISDIR));
         }
         let fd = self.reopen(&inode, self.host_open_flags(flags))?;
+        if kill && i32::from_ne_bytes(flags.to_ne_bytes()) & libc::O_TRUNC != 0 {
+            attr::kill_suidgid(fd.as_fd())?;
+        }
         Ok((self.handles.insert(fd, inode)?, self.file_open_options()))
     }
 
@@ -299,7 +302,11 @@ impl Filesystem for Passthrough {
     fn write(&self, _ctx: &Context, node: NodeId, r: &mut dyn ZeroCopyReader, p: WriteParams) -> io::Result<usize> {
         self.check_writable()?;
         let h = self.handles.get(p.fh, node)?;
-        file::write_from(h.as_fd(), r, p.size, p.offset)
+        let n = file::write_from(h.as_fd(), r, p.size, p.offset)?;
+        if p.kill_suidgid {
+            attr::kill_suidgid(h.as_fd())?;
+        }
+        Ok(n)
     }
 
     fn statfs(&self, _ctx: &Context, node: NodeId) -> io::Result<StatFs> {
