@@ -39,6 +39,17 @@ pub enum Seccomp {
     Trap,
 }
 
+/// Which files get per-inode DAX (FUSE_ATTR_DAX) under `-o dax=inode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DaxFiles {
+    /// Every regular file.
+    All,
+    /// Regular files the daemon can protect with a lease (default).
+    Leasable,
+    /// None.
+    None,
+}
+
 /// Log levels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogLevel {
@@ -126,6 +137,18 @@ pub struct Options {
     /// seccomp action. Accepted for compatibility: no seccomp filter is installed yet.
     #[arg(long, value_enum, default_value_t = Seccomp::None)]
     pub seccomp: Seccomp,
+    /// Size of the DAX window (shm region 0): a power of two, a multiple of 2 MiB, with an
+    /// optional K/M/G suffix; 0 disables DAX. Needs a frontend with SHMEM (QEMU >= 11.1's
+    /// vhost-user-test-device-pci); others get plain virtio-fs.
+    #[arg(long, default_value = "1G")]
+    pub dax_window: String,
+    /// Which files get per-inode DAX under `-o dax=inode`.
+    #[arg(long, value_enum, default_value_t = DaxFiles::Leasable)]
+    pub dax_files: DaxFiles,
+    /// UNSAFE: map files the daemon cannot lease. Another host process truncating such a file
+    /// while the guest maps it can kill the VM (host SIGBUS). Default: refuse with EIO.
+    #[arg(long)]
+    pub dax_unprotected: bool,
     /// Log level (RUST_LOG overrides it).
     #[arg(long, value_enum, default_value_t = LogLevel::Info, ignore_case = true)]
     pub log_level: LogLevel,

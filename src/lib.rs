@@ -3,6 +3,7 @@
 #![deny(unsafe_code)]
 
 pub mod cli;
+pub mod dax;
 pub mod device;
 pub mod fs;
 pub mod fuse;

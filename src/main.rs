@@ -12,8 +12,9 @@ use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use daxfsd::cli::{self, Cache, InodeFileHandles, LogLevel, Options};
+use daxfsd::dax::{Dax, LeasePolicy};
 use daxfsd::device::{DeviceConfig, FsDevice, MAX_TAG_LEN};
-use daxfsd::fs::passthrough::{CachePolicy, Config, Passthrough};
+use daxfsd::fs::passthrough::{CachePolicy, Config, DaxFiles, Passthrough};
 use daxfsd::fs::sys;
 use daxfsd::fuse::Server;
 
@@ -40,6 +41,10 @@ enum StartupError {
     NoSocket,
     #[error("cannot start the device: {0}")]
     Device(String),
+    #[error("--dax-window {0:?}: give 0 or a power of two that is a multiple of 2 MiB (e.g. 1G)")]
+    DaxWindow(String),
+    #[error("cannot set up the DAX window: {0}")]
+    Dax(std::io::Error),
 }
 
 fn main() -> ExitCode {
@@ -70,15 +75,53 @@ fn init_logging(level: LogLevel) {
         .init();
 }
 
-fn fs_config(o: &Options, shared_dir: PathBuf) -> Config {
+/// Parses `--dax-window`: bytes with an optional K/M/G suffix.
+fn dax_window(s: &str) -> Result<u64, StartupError> {
+    let bad = || StartupError::DaxWindow(s.to_string());
+    let t = s.trim();
+    let (num, shift) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (t.get(..i), 10),
+        Some((i, 'm' | 'M')) => (t.get(..i), 20),
+        Some((i, 'g' | 'G')) => (t.get(..i), 30),
+        _ => (Some(t), 0),
+    };
+    let n: u64 = num.and_then(|n| n.parse().ok()).ok_or_else(bad)?;
+    let bytes = n.checked_mul(1 << shift).ok_or_else(bad)?;
+    if bytes != 0 && (!bytes.is_power_of_two() || bytes % (2 << 20) != 0) {
+        return Err(bad());
+    }
+    Ok(bytes)
+}
+
+fn make_dax(o: &Options) -> Result<Option<Arc<Dax>>, StartupError> {
+    let len = dax_window(&o.dax_window)?;
+    if len == 0 {
+        return Ok(None);
+    }
+    let policy = if o.dax_unprotected { LeasePolicy::Unprotected } else { LeasePolicy::Require };
+    if o.dax_unprotected {
+        warn!("--dax-unprotected: files that cannot be leased are mapped anyway; a host truncate can kill the VM");
+    }
+    let dax = Dax::new(len, sys::page_size() as u64, policy).map_err(StartupError::Dax)?;
+    Ok(Some(Arc::new(dax)))
+}
+
+fn fs_config(o: &Options, shared_dir: PathBuf, dax: Option<Arc<Dax>>) -> Config {
     let cache = match o.cache {
         Cache::Never => CachePolicy::Never,
         Cache::Metadata => CachePolicy::Metadata,
         Cache::Auto => CachePolicy::Auto,
         Cache::Always => CachePolicy::Always,
     };
+    let dax_files = match o.dax_files {
+        cli::DaxFiles::All => DaxFiles::All,
+        cli::DaxFiles::Leasable => DaxFiles::Leasable,
+        cli::DaxFiles::None => DaxFiles::None,
+    };
     Config {
         root: shared_dir,
+        dax,
+        dax_files,
         cache,
         writeback: o.writeback,
         xattr: o.xattr || o.posix_acl,
@@ -194,14 +237,16 @@ fn run() -> Result<(), StartupError> {
     let shared_dir = o.shared_dir.clone().unwrap_or_default();
     check_dir(&shared_dir)?;
     set_rlimit(o.rlimit_nofile)?;
-    let fs = Passthrough::new(fs_config(&o, shared_dir.clone())).map_err(|e| StartupError::SharedDir(shared_dir, e))?;
+    let dax = make_dax(&o)?;
+    let fs = Passthrough::new(fs_config(&o, shared_dir.clone(), dax.clone()))
+        .map_err(|e| StartupError::SharedDir(shared_dir, e))?;
     let cfg = DeviceConfig {
         tag: o.tag.clone(),
         num_request_queues: usize::from(o.num_request_queues),
         queue_size: usize::from(o.queue_size),
         thread_pool_size: pool_size(o.thread_pool_size),
     };
-    let device = Arc::new(FsDevice::new(cfg, Server::new(fs)).map_err(|e| StartupError::Device(e.to_string()))?);
+    let device = Arc::new(FsDevice::new(cfg, Server::new(fs), dax).map_err(|e| StartupError::Device(e.to_string()))?);
     let mut listener = listen(&o)?;
     serve(&device, &mut listener, o.once)
 }

@@ -2,6 +2,7 @@
 //! a completed request. Requests from every queue run on the worker pool; a reply is added to
 //! the used ring only after the filesystem finished the operation.
 
+mod mapper;
 mod pool;
 
 use std::io;
@@ -10,7 +11,8 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 
 use log::{debug, info, warn};
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::Backend;
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserShMemConfig, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringMutex, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
@@ -19,6 +21,7 @@ use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier};
 
+use crate::dax::Dax;
 use crate::fs::Filesystem;
 use crate::fuse::Server;
 use crate::fuse::abi::Opcode;
@@ -43,6 +46,14 @@ pub struct DeviceConfig {
     pub thread_pool_size: usize,
 }
 
+/// The DAX side of a connection: the window is live once the frontend asked for the shared
+/// memory config (so it negotiated SHMEM) and gave us a backend channel.
+#[derive(Default)]
+struct DaxLink {
+    shmem_config_read: bool,
+    backend: Option<Backend>,
+}
+
 /// Requests in flight on one queue, so GET_VRING_BASE can wait for them.
 #[derive(Default)]
 struct Inflight {
@@ -59,6 +70,8 @@ pub struct FsDevice<F: Filesystem + 'static> {
     pool: pool::Pool,
     inflight: Vec<Arc<Inflight>>,
     lock_waiters: Arc<AtomicUsize>,
+    dax: Option<Arc<Dax>>,
+    link: Mutex<DaxLink>,
 }
 
 /// A failure to start or run the device.
@@ -71,7 +84,7 @@ pub enum DeviceError {
 
 impl<F: Filesystem + 'static> FsDevice<F> {
     /// A device serving `server`.
-    pub fn new(cfg: DeviceConfig, server: Server<F>) -> Result<FsDevice<F>, DeviceError> {
+    pub fn new(cfg: DeviceConfig, server: Server<F>, dax: Option<Arc<Dax>>) -> Result<FsDevice<F>, DeviceError> {
         let pool = pool::Pool::new(cfg.thread_pool_size).map_err(DeviceError::Threads)?;
         let inflight = (0..=cfg.num_request_queues).map(|_| Arc::new(Inflight::default())).collect();
         Ok(FsDevice {
@@ -82,12 +95,20 @@ impl<F: Filesystem + 'static> FsDevice<F> {
             pool,
             inflight,
             lock_waiters: Arc::new(AtomicUsize::new(0)),
+            dax,
+            link: Mutex::new(DaxLink::default()),
         })
     }
 
     /// The frontend went away: end the FUSE session (unmaps, closes every handle).
     pub fn disconnected(&self) {
         info!("frontend disconnected; session state dropped");
+        if let Some(dax) = &self.dax {
+            dax.detach();
+        }
+        if let Ok(mut l) = self.link.lock() {
+            *l = DaxLink::default();
+        }
         self.server.reset();
         if let Ok(mut m) = self.mem.write() {
             m.take();
@@ -97,6 +118,17 @@ impl<F: Filesystem + 'static> FsDevice<F> {
     /// Stops the worker pool (at exit).
     pub fn shutdown(&self) {
         self.pool.shutdown();
+    }
+
+    /// Attaches the window's mapper once both halves of the link are there.
+    fn link_dax(&self, update: impl FnOnce(&mut DaxLink)) {
+        let Some(dax) = &self.dax else { return };
+        let Ok(mut l) = self.link.lock() else { return };
+        update(&mut l);
+        if let (true, Some(backend)) = (l.shmem_config_read, l.backend.clone()) {
+            info!("DAX window of {} MiB live on this connection", dax.window_len() >> 20);
+            dax.attach(Arc::new(mapper::VhostMapper::new(backend)));
+        }
     }
 
     fn config_bytes(&self) -> [u8; CONFIG_LEN] {
@@ -241,11 +273,18 @@ impl<F: Filesystem + 'static> VhostUserBackend for FsDevice<F> {
         if self.cfg.tag.is_some() {
             f |= VhostUserProtocolFeatures::CONFIG;
         }
+        if self.dax.is_some() {
+            f |= VhostUserProtocolFeatures::SHMEM;
+        }
         f
     }
 
     fn reset_device(&self) {
         info!("device reset");
+        // The frontend drops its window mappings on reset; forget ours without sending unmaps.
+        if let Some(dax) = &self.dax {
+            dax.forget_all();
+        }
         self.server.reset();
     }
 
@@ -264,6 +303,19 @@ impl<F: Filesystem + 'static> VhostUserBackend for FsDevice<F> {
         let mut m = self.mem.write().map_err(|_| io::Error::other("memory lock poisoned"))?;
         *m = Some(mem);
         Ok(())
+    }
+
+    fn set_backend_req_fd(&self, backend: Backend) {
+        self.link_dax(|l| l.backend = Some(backend));
+    }
+
+    fn get_shmem_config(&self) -> io::Result<VhostUserShMemConfig> {
+        let Some(dax) = &self.dax else {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "no DAX window"));
+        };
+        self.link_dax(|l| l.shmem_config_read = true);
+        // Region 0 is the virtio-fs cache (VIRTIO_FS_SHMCAP_ID_CACHE).
+        Ok(VhostUserShMemConfig::new(1, &[dax.window_len()]))
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {

@@ -232,6 +232,32 @@ pub struct FsCapabilities {
     pub submounts: bool,
     pub posix_locks: bool,
     pub allow_mmap_direct: bool,
+    /// log2 of the mapping alignment when this connection has a DAX window.
+    pub dax_alignment: Option<u16>,
+}
+
+/// How the guest mounted with respect to DAX (what INIT negotiated).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DaxMode {
+    /// No window, or the guest did not ask for it.
+    #[default]
+    Off,
+    /// `-o dax=always`: every regular file goes through the window.
+    Always,
+    /// `-o dax=inode`: files flagged with FUSE_ATTR_DAX do.
+    Inode,
+}
+
+/// A SETUPMAPPING as the guest sent it.
+#[derive(Clone, Copy, Debug)]
+pub struct SetupMapping {
+    /// Ignored: Linux always sends u64::MAX; the file comes from the node id.
+    pub fh: u64,
+    pub foffset: u64,
+    pub len: u64,
+    /// FUSE_SETUPMAPPING_FLAG_*.
+    pub flags: u64,
+    pub moffset: u64,
 }
 
 /// What INIT settled, told to the filesystem so it can adjust (e.g. writeback open flags).
@@ -241,6 +267,7 @@ pub struct Negotiated {
     pub killpriv_v2: bool,
     pub posix_acl: bool,
     pub supp_groups: bool,
+    pub dax: DaxMode,
 }
 
 fn enosys<T>() -> io::Result<T> {
@@ -407,6 +434,14 @@ pub trait Filesystem: Send + Sync {
     }
     /// syncfs(2) on the filesystem holding `node`.
     fn syncfs(&self, ctx: &Context, node: NodeId) -> io::Result<()> {
+        enosys()
+    }
+    /// Maps a file range into the DAX window (I1: replaces what the range held).
+    fn setupmapping(&self, ctx: &Context, node: NodeId, m: SetupMapping) -> io::Result<()> {
+        enosys()
+    }
+    /// Unmaps window ranges (moffset, len); unknown ranges succeed.
+    fn removemapping(&self, ctx: &Context, ranges: &[(u64, u64)]) -> io::Result<()> {
         enosys()
     }
     /// Creates and opens an unnamed file in `parent` (O_TMPFILE).

@@ -414,3 +414,13 @@ pub fn take_listener_fd(fd: i32) -> std::os::unix::net::UnixListener {
     // process uses that descriptor number, and it is taken exactly once, at startup.
     unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) }
 }
+
+/// Whether `fd` was opened read-only.
+pub fn is_read_only(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    // SAFETY: plain fcntl on a borrowed fd.
+    let fl = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if fl < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fl & libc::O_ACCMODE == libc::O_RDONLY)
+}

@@ -62,8 +62,8 @@ impl<F: Filesystem> Server<F> {
             Interrupt | NotifyReply => Ok(Reply::None),
             // The kernel maps ENOSYS to ENOTTY for ioctl and falls back for poll/bmap.
             Bmap | Ioctl | Poll => enosys(),
-            // The DAX window is not offered yet (no SHMEM region), so the guest never sends these.
-            Setupmapping | Removemapping => enosys(),
+            Setupmapping => self.setupmapping(req),
+            Removemapping => self.removemapping(req),
             Write => Err(io::Error::from_raw_os_error(libc::EINVAL).into()),
         }
     }

@@ -8,7 +8,7 @@ use zerocopy::{FromBytes, Immutable, KnownLayout};
 use super::abi::{ExtHeader, FUSE_EXT_GROUPS, SuppGroups};
 
 /// A request the guest sent that we cannot decode. Each answers EINVAL.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     /// The guest sent fewer bytes than the in-header needs.
     #[error("request shorter than its header")]

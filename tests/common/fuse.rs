@@ -140,6 +140,25 @@ impl Client {
         c
     }
 
+    /// Connects as QEMU 11.1's generic device does (SHMEM: a DAX window) and offers DAX at INIT
+    /// like `mount -o dax=always` (or `dax=inode` when `inode_dax`).
+    pub fn connect_dax(socket: &Path, queues: usize, inode_dax: bool) -> Client {
+        let opts = VmmOptions { shmem: true, mem_size: 128 << 20, ..VmmOptions::default() };
+        let vmm = Vmm::connect(socket, 1 + queues, opts).unwrap();
+        let mut c = Client { vmm, unique: AtomicU64::new(1), uid: 0, gid: 0, init: InitOut::default() };
+        let mut flags = FUSE_INIT_EXT
+            | FUSE_MAP_ALIGNMENT
+            | FUSE_DO_READDIRPLUS
+            | FUSE_POSIX_LOCKS
+            | FUSE_ATOMIC_O_TRUNC
+            | FUSE_MAX_PAGES;
+        if inode_dax {
+            flags |= FUSE_HAS_INODE_DAX;
+        }
+        c.init = c.do_init(flags);
+        c
+    }
+
     /// Sends INIT offering `flags`.
     pub fn do_init(&self, flags: u64) -> InitOut {
         let init = InitIn {
@@ -371,6 +390,19 @@ impl Client {
     pub fn statx(&self, node: u64) -> Result<StatxOut, Errno> {
         let s = StatxIn { sx_mask: libc::STATX_BASIC_STATS | libc::STATX_BTIME, ..Default::default() };
         self.call(Opcode::Statx, node, &[&bytes_of(&s)], 288).map(|b| parse(&b))
+    }
+
+    pub fn setupmapping(&self, node: u64, foffset: u64, len: u64, flags: u64, moffset: u64) -> Result<(), Errno> {
+        let s = SetupmappingIn { fh: u64::MAX, foffset, len, flags, moffset };
+        self.call(Opcode::Setupmapping, node, &[&bytes_of(&s)], 0).map(drop)
+    }
+
+    pub fn removemapping(&self, ranges: &[(u64, u64)]) -> Result<(), Errno> {
+        let mut body = RemovemappingIn { count: ranges.len() as u32 }.as_bytes().to_vec();
+        for &(moffset, len) in ranges {
+            body.extend_from_slice(RemovemappingOne { moffset, len }.as_bytes());
+        }
+        self.call(Opcode::Removemapping, 1, &[&body], 0).map(drop)
     }
 
     pub fn destroy(&self) -> Result<(), Errno> {

@@ -62,11 +62,15 @@ impl Passthrough {
                 // The guest checked write access when it opened the handle.
                 Some(h) => h.as_fd(),
                 None => {
-                    reopened = self.reopen(&inode, libc::O_WRONLY)?;
+                    reopened = self.io_fd(&inode, libc::O_WRONLY)?;
                     reopened.as_fd()
                 }
             };
-            sys::ftruncate(fd, size)?;
+            if self.is_dax_inode(&inode) {
+                self.dax_truncate(&inode, fd, size)?;
+            } else {
+                sys::ftruncate(fd, size)?;
+            }
             if set.kill_suidgid && set.mode.is_none() {
                 kill_suidgid(fd)?;
             }

@@ -102,6 +102,12 @@ impl Passthrough {
         let parent_inode = self.inode(parent)?;
         let guest = i32::from_ne_bytes(p.flags.to_ne_bytes());
         let mut flags = self.host_open_flags(p.flags) | libc::O_NOFOLLOW;
+        let dax = self.dax_session().is_some();
+        if dax {
+            // The created fd becomes the inode's shared DAX file; an O_TRUNC of an existing
+            // file goes through the window's shrink instead.
+            flags = (flags & !(libc::O_ACCMODE | libc::O_APPEND | libc::O_TRUNC)) | libc::O_RDWR;
+        }
         let fd = {
             let _creds = ScopedCreds::switch(ctx)?;
             let _umask = ScopedUmask::set(self.create_umask(p.umask));
@@ -121,6 +127,15 @@ impl Passthrough {
             None => self.insert_open_file(fd.as_fd())?,
         };
         let inode = self.inode(entry.nodeid)?;
+        let fd = if dax {
+            let shared = self.adopt_shared_file(&inode, fd)?;
+            if guest & libc::O_TRUNC != 0 {
+                self.dax_truncate(&inode, shared.as_fd(), 0)?;
+            }
+            shared.try_clone()?
+        } else {
+            fd
+        };
         let fh = self.handles.insert(fd, inode)?;
         Ok((entry, fh, self.file_open_options()))
     }

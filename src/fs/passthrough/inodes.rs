@@ -32,6 +32,8 @@ pub struct Inode {
     refs: AtomicU64,
     /// POSIX lock owners -> the open file description their OFD locks live on.
     pub lock_owners: Mutex<HashMap<u64, Arc<OwnedFd>>>,
+    /// The one open file DAX uses for this inode (mappings, guest handles, lease).
+    pub dax_file: Mutex<Option<Arc<OwnedFd>>>,
 }
 
 impl Inode {
@@ -91,6 +93,7 @@ impl InodeTable {
             nodeid: ROOT_ID,
             refs: AtomicU64::new(2),
             lock_owners: Mutex::default(),
+            dax_file: Mutex::default(),
         };
         t.by_id.insert(ROOT_ID, Arc::new(root));
         t.by_key.insert(key, ROOT_ID);
@@ -107,7 +110,15 @@ impl InodeTable {
             return Ok(id);
         }
         let nodeid = NodeId(self.next_id.fetch_add(1, Ordering::Relaxed));
-        let inode = Inode { fd, key, file_type, nodeid, refs: AtomicU64::new(1), lock_owners: Mutex::default() };
+        let inode = Inode {
+            fd,
+            key,
+            file_type,
+            nodeid,
+            refs: AtomicU64::new(1),
+            lock_owners: Mutex::default(),
+            dax_file: Mutex::default(),
+        };
         t.by_id.insert(nodeid, Arc::new(inode));
         t.by_key.insert(key, nodeid);
         Ok(nodeid)

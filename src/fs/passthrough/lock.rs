@@ -49,8 +49,19 @@ fn owner_fd(fs: &Passthrough, inode: &Inode, owner: u64) -> io::Result<Arc<std::
     Ok(fd)
 }
 
+/// A new open of a DAX inode would break our own lease and revoke the guest's mappings, so
+/// locks on DAX files are not forwarded (ENOLCK). DAX sessions do not negotiate lock
+/// forwarding at all, so only a misbehaving guest gets here.
+fn check_not_dax(h: &Handle) -> io::Result<()> {
+    match h.inode.dax_file.lock() {
+        Ok(f) if f.is_some() => Err(errno(libc::ENOLCK)),
+        _ => Ok(()),
+    }
+}
+
 /// F_GETLK: the first conflicting lock, or F_UNLCK.
 pub fn getlk(fs: &Passthrough, h: &Handle, req: LockRequest) -> io::Result<Lock> {
+    check_not_dax(h)?;
     let mut fl = to_flock(req.lock)?;
     let fd = owner_fd(fs, &h.inode, req.owner)?;
     sys::ofd_lock(fd.as_fd(), libc::F_OFD_GETLK, &mut fl)?;
@@ -63,6 +74,7 @@ pub fn getlk(fs: &Passthrough, h: &Handle, req: LockRequest) -> io::Result<Lock>
 
 /// F_SETLK/F_SETLKW, or flock when `req.flock`.
 pub fn setlk(fs: &Passthrough, h: &Handle, req: LockRequest) -> io::Result<()> {
+    check_not_dax(h)?;
     if req.flock {
         let mut op = match i32::try_from(req.lock.typ).unwrap_or(-1) {
             libc::F_RDLCK => libc::LOCK_SH,

@@ -3,6 +3,7 @@
 //! nodes are never opened for I/O. The ops live by family in the sibling files.
 
 mod attr;
+mod dax;
 mod dir;
 mod entry;
 mod file;
@@ -16,15 +17,16 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use self::dax::DaxFiles;
 use self::handles::HandleTable;
 use self::inodes::{Inode, InodeKey, InodeTable};
 use super::{
     Attr, Context, CopyRange, CreateParams, DirSink, Entry, Filesystem, FsCapabilities, HandleId, Lock, LockRequest,
-    Negotiated, NodeId, OpenOptions, ReadParams, SetAttr, StatFs, WriteParams, XattrReply, ZeroCopyReader,
-    ZeroCopyWriter, attr_flags, sys,
+    Negotiated, NodeId, OpenOptions, ReadParams, SetAttr, SetupMapping, StatFs, WriteParams, XattrReply,
+    ZeroCopyReader, ZeroCopyWriter, attr_flags, sys,
 };
 
 /// How much the guest may cache (virtiofsd's `--cache`).
@@ -53,9 +55,13 @@ impl CachePolicy {
 }
 
 /// What the operator configured.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Config {
     pub root: PathBuf,
+    /// The DAX window, when enabled (`--dax-window`).
+    pub dax: Option<Arc<crate::dax::Dax>>,
+    /// Which files get FUSE_ATTR_DAX under `-o dax=inode`.
+    pub dax_files: DaxFiles,
     pub cache: CachePolicy,
     pub writeback: bool,
     pub xattr: bool,
@@ -83,6 +89,8 @@ pub struct Passthrough {
     writeback: AtomicBool,
     /// POSIX ACLs negotiated in this session (the guest then sends the umask to apply).
     posix_acl: AtomicBool,
+    /// The session's DaxMode (as u8).
+    dax_mode: AtomicU8,
 }
 
 fn errno(e: i32) -> io::Error {
@@ -115,6 +123,7 @@ impl Passthrough {
             generation,
             writeback: AtomicBool::new(false),
             posix_acl: AtomicBool::new(false),
+            dax_mode: AtomicU8::new(0),
         };
         fs.install_root()?;
         Ok(fs)
@@ -152,6 +161,9 @@ impl Passthrough {
             && (p.key.mnt_id != mnt_id || p.key.dev != attr.dev)
         {
             attr.flags |= attr_flags::SUBMOUNT;
+        }
+        if self.wants_attr_dax(attr.mode, attr.uid) {
+            attr.flags |= attr_flags::DAX;
         }
         attr
     }
@@ -211,6 +223,7 @@ impl Filesystem for Passthrough {
             submounts: self.cfg.announce_submounts,
             posix_locks: self.cfg.posix_locks,
             allow_mmap_direct: true,
+            dax_alignment: self.cfg.dax.as_deref().filter(|d| d.is_active()).map(crate::dax::Dax::map_alignment),
         }
     }
 
@@ -218,10 +231,15 @@ impl Filesystem for Passthrough {
         self.destroy();
         self.writeback.store(n.writeback, Ordering::Relaxed);
         self.posix_acl.store(n.posix_acl, Ordering::Relaxed);
+        self.dax_mode.store(n.dax.to_u8(), Ordering::Relaxed);
         self.install_root()
     }
 
     fn destroy(&self) {
+        if let Some(dax) = &self.cfg.dax {
+            dax.unmap_all();
+        }
+        self.dax_mode.store(0, Ordering::Relaxed);
         self.handles.clear();
         self.inodes.clear();
     }
@@ -287,8 +305,18 @@ impl Filesystem for Passthrough {
         if inode.is_dir() {
             return Err(errno(libc::EISDIR));
         }
-        let fd = self.reopen(&inode, self.host_open_flags(flags))?;
-        if kill && i32::from_ne_bytes(flags.to_ne_bytes()) & libc::O_TRUNC != 0 {
+        let trunc = i32::from_ne_bytes(flags.to_ne_bytes()) & libc::O_TRUNC != 0;
+        let fd = if self.is_dax_inode(&inode) {
+            // Guest handles share the DAX file: a new open would break our own lease.
+            let shared = self.shared_file(&inode)?;
+            if trunc {
+                self.dax_truncate(&inode, shared.as_fd(), 0)?;
+            }
+            shared.try_clone()?
+        } else {
+            self.reopen(&inode, self.host_open_flags(flags))?
+        };
+        if kill && trunc {
             attr::kill_suidgid(fd.as_fd())?;
         }
         Ok((self.handles.insert(fd, inode)?, self.file_open_options()))
@@ -302,7 +330,7 @@ impl Filesystem for Passthrough {
     fn write(&self, _ctx: &Context, node: NodeId, r: &mut dyn ZeroCopyReader, p: WriteParams) -> io::Result<usize> {
         self.check_writable()?;
         let h = self.handles.get(p.fh, node)?;
-        let n = file::write_from(h.as_fd(), r, p.size, p.offset)?;
+        let n = self.dax_write(&h.inode, || file::write_from(h.as_fd(), r, p.size, p.offset))?;
         if p.kill_suidgid {
             attr::kill_suidgid(h.as_fd())?;
         }
@@ -399,7 +427,11 @@ impl Filesystem for Passthrough {
     fn fallocate(&self, _ctx: &Context, node: NodeId, fh: HandleId, mode: u32, range: (u64, u64)) -> io::Result<()> {
         self.check_writable()?;
         let mode = i32::try_from(mode).map_err(|_| errno(libc::EINVAL))?;
-        sys::fallocate(self.handles.get(fh, node)?.as_fd(), mode, range.0, range.1)
+        let h = self.handles.get(fh, node)?;
+        if self.is_dax_inode(&h.inode) {
+            return self.dax_fallocate(&h.inode, h.as_fd(), mode, range.0, range.1);
+        }
+        sys::fallocate(h.as_fd(), mode, range.0, range.1)
     }
 
     fn lseek(&self, _ctx: &Context, node: NodeId, fh: HandleId, offset: u64, whence: u32) -> io::Result<u64> {
@@ -413,17 +445,25 @@ impl Filesystem for Passthrough {
         let hout = self.handles.get(a.fh_out, a.node_out)?;
         let len = usize::try_from(a.len).unwrap_or(usize::MAX);
         let flags = u32::try_from(a.flags).map_err(|_| errno(libc::EINVAL))?;
-        sys::copy_file_range(hin.as_fd(), a.off_in, hout.as_fd(), a.off_out, len, flags)
+        self.dax_write(&hout.inode, || sys::copy_file_range(hin.as_fd(), a.off_in, hout.as_fd(), a.off_out, len, flags))
     }
 
     fn syncfs(&self, _ctx: &Context, node: NodeId) -> io::Result<()> {
         let inode = self.inode(node)?;
-        let fd = self.reopen(&inode, libc::O_RDONLY | if inode.is_dir() { libc::O_DIRECTORY } else { 0 })?;
+        let fd = self.io_fd(&inode, libc::O_RDONLY | if inode.is_dir() { libc::O_DIRECTORY } else { 0 })?;
         sys::syncfs(fd.as_fd())
     }
 
     fn tmpfile(&self, ctx: &Context, parent: NodeId, p: CreateParams) -> io::Result<(Entry, HandleId, OpenOptions)> {
         self.do_create(ctx, parent, None, p)
+    }
+
+    fn setupmapping(&self, _ctx: &Context, node: NodeId, m: SetupMapping) -> io::Result<()> {
+        self.do_setupmapping(node, m)
+    }
+
+    fn removemapping(&self, _ctx: &Context, ranges: &[(u64, u64)]) -> io::Result<()> {
+        self.do_removemapping(ranges)
     }
 }
 

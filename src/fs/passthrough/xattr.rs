@@ -3,8 +3,9 @@
 
 use std::ffi::CStr;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 
+use super::dax::IoFd;
 use super::{Passthrough, errno};
 use crate::fs::cred::ScopedCreds;
 use crate::fs::{Context, NodeId, XattrReply, sys};
@@ -17,7 +18,7 @@ fn is_acl_name(name: &[u8]) -> bool {
 }
 
 impl Passthrough {
-    fn xattr_fd(&self, node: NodeId, name: Option<&CStr>) -> io::Result<OwnedFd> {
+    fn xattr_fd(&self, node: NodeId, name: Option<&CStr>) -> io::Result<IoFd> {
         if !self.cfg.xattr {
             return Err(errno(libc::ENOSYS));
         }
@@ -31,7 +32,7 @@ impl Passthrough {
         if !inode.is_openable() {
             return Err(errno(libc::EOPNOTSUPP));
         }
-        self.reopen(&inode, libc::O_RDONLY | libc::O_NONBLOCK)
+        self.io_fd(&inode, libc::O_RDONLY | libc::O_NONBLOCK)
     }
 
     pub(super) fn do_setxattr(

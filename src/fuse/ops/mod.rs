@@ -1,6 +1,7 @@
 //! Opcode handlers, by family. Each decodes its arguments, calls the filesystem, encodes.
 
 mod attr;
+mod dax;
 mod dir;
 mod entry;
 mod io;

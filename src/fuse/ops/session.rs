@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use log::info;
 
-use crate::fs::{Filesystem, Negotiated};
+use crate::fs::{DaxMode, Filesystem, Negotiated};
 use crate::fuse::abi::*;
 use crate::fuse::server::{MAX_WRITE, OpResult, Request, Server, ok, ok_empty};
 
@@ -57,7 +57,20 @@ impl<F: Filesystem> Server<F> {
             return Err(eproto().into());
         }
         let offered = u64::from(compat.flags) | (u64::from(flags2) << 32);
-        let enabled = offered & self.wanted_flags();
+        let caps = self.fs.capabilities();
+        let mut wanted = self.wanted_flags();
+        // DAX only with a window on this connection (guest-dax.md §1.3): MAP_ALIGNMENT makes the
+        // guest use it; HAS_INODE_DAX (offered for dax=inode) enables FUSE_ATTR_DAX.
+        if caps.dax_alignment.is_some() {
+            wanted |= FUSE_MAP_ALIGNMENT | FUSE_HAS_INODE_DAX;
+            if offered & FUSE_MAP_ALIGNMENT != 0 {
+                // Forwarding locks needs an open per lock owner, which would break the lease
+                // that protects a mapped file (I5); leased files have no other user, so the
+                // guest's own locking is exact.
+                wanted &= !(FUSE_POSIX_LOCKS | FUSE_FLOCK_LOCKS);
+            }
+        }
+        let enabled = offered & wanted;
         out.minor = compat.minor.min(FUSE_KERNEL_MINOR_VERSION);
         out.max_readahead = compat.max_readahead;
         out.flags = u32::try_from(enabled & 0xffff_ffff).unwrap_or(0);
@@ -67,16 +80,28 @@ impl<F: Filesystem> Server<F> {
         out.max_write = MAX_WRITE;
         out.time_gran = 1;
         out.max_pages = u16::try_from(MAX_WRITE as usize / crate::fs::sys::page_size()).unwrap_or(256);
+        let dax = match (enabled & FUSE_MAP_ALIGNMENT != 0, enabled & FUSE_HAS_INODE_DAX != 0) {
+            (false, _) => DaxMode::Off,
+            (true, false) => DaxMode::Always,
+            (true, true) => DaxMode::Inode,
+        };
+        if dax != DaxMode::Off {
+            out.map_alignment = caps.dax_alignment.unwrap_or(12);
+        }
         let negotiated = Negotiated {
             writeback: enabled & FUSE_WRITEBACK_CACHE != 0,
             killpriv_v2: enabled & FUSE_HANDLE_KILLPRIV_V2 != 0,
             posix_acl: enabled & FUSE_POSIX_ACL != 0,
             supp_groups: enabled & FUSE_CREATE_SUPP_GROUP != 0,
+            dax,
         };
         self.fs.init(negotiated)?;
         self.session.flags.store(enabled, Ordering::Relaxed);
         self.session.initialized.store(true, Ordering::Release);
-        info!("FUSE INIT: guest {}.{}, flags {enabled:#x}, max_write {}", compat.major, compat.minor, out.max_write);
+        info!(
+            "FUSE INIT: guest {}.{}, flags {enabled:#x}, max_write {}, dax {dax:?}, map_alignment {}",
+            compat.major, compat.minor, out.max_write, out.map_alignment
+        );
         ok(&out)
     }
 

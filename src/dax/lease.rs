@@ -1,0 +1,183 @@
+//! I5: read/write leases on files with installed pieces, and the thread that handles lease
+//! breaks: it revokes the inode's pieces before releasing the lease (so the breaker proceeds
+//! only once nothing of the file is installed), then re-takes the lease and re-installs to the
+//! current EOF once the file is stable again.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use log::{debug, error, info};
+
+use super::{Inner, InodeId, sys};
+
+/// How often revoked files are retried.
+const RETRY: Duration = Duration::from_millis(20);
+
+#[derive(Default)]
+struct State {
+    held: HashMap<InodeId, Arc<OwnedFd>>,
+    by_fd: HashMap<RawFd, InodeId>,
+    revoked: HashMap<InodeId, Arc<OwnedFd>>,
+}
+
+/// The leases of one daemon.
+pub(super) struct Leases {
+    inner: Weak<Inner>,
+    state: Mutex<State>,
+    tid: AtomicI32,
+    stop: Arc<AtomicBool>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Leases {
+    pub(super) fn new(inner: Weak<Inner>) -> Leases {
+        Leases {
+            inner,
+            state: Mutex::default(),
+            tid: AtomicI32::new(0),
+            stop: Arc::default(),
+            thread: Mutex::new(None),
+        }
+    }
+
+    /// Starts the lease-break thread.
+    pub(super) fn start(&self) -> io::Result<()> {
+        let inner = self.inner.clone();
+        let stop = Arc::clone(&self.stop);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::Builder::new().name("daxfsd-lease".into()).spawn(move || {
+            let blocked = sys::block_lease_signal();
+            let _ = tx.send((sys::gettid(), blocked.is_ok()));
+            if let Err(e) = blocked {
+                error!("cannot block the lease signal; lease breaks will not be handled: {e}");
+                return;
+            }
+            run(&inner, &stop);
+        })?;
+        let (tid, ok) = rx.recv().map_err(|_| io::Error::other("lease thread died"))?;
+        if ok {
+            self.tid.store(tid, Ordering::Release);
+        }
+        if let Ok(mut th) = self.thread.lock() {
+            *th = Some(t);
+        }
+        Ok(())
+    }
+
+    /// Stops the thread.
+    pub(super) fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = t.join();
+        }
+    }
+
+    /// Makes sure `inode`'s file is leased. Fails if another opener holds it or the filesystem
+    /// has no leases. Returns true when it re-took a lease that a break had revoked: the caller
+    /// then re-installs the revoked pieces.
+    pub(super) fn ensure(&self, inode: InodeId, file: &Arc<OwnedFd>) -> io::Result<bool> {
+        let mut st = self.state.lock().map_err(|_| io::Error::other("lease state poisoned"))?;
+        if st.held.contains_key(&inode) {
+            return Ok(false);
+        }
+        let tid = self.tid.load(Ordering::Acquire);
+        if tid == 0 {
+            return Err(io::Error::from_raw_os_error(libc::ENOLCK));
+        }
+        let file = st.revoked.get(&inode).cloned().unwrap_or_else(|| Arc::clone(file));
+        sys::set_lease(file.as_fd(), sys::lease_type(file.as_fd())?, tid)?;
+        debug!("leased inode {}", inode.0);
+        let retaken = st.revoked.remove(&inode).is_some();
+        st.by_fd.insert(file.as_raw_fd(), inode);
+        st.held.insert(inode, file);
+        Ok(retaken)
+    }
+
+    /// Whether a break revoked `inode`'s pieces and they are not back yet.
+    pub(super) fn is_revoked(&self, inode: InodeId) -> bool {
+        self.state.lock().map(|st| st.revoked.contains_key(&inode)).unwrap_or(false)
+    }
+
+    /// Drops `inode`'s lease (its last mapping went away).
+    pub(super) fn release(&self, inode: InodeId) {
+        let Ok(mut st) = self.state.lock() else { return };
+        st.revoked.remove(&inode);
+        if let Some(f) = st.held.remove(&inode) {
+            st.by_fd.remove(&f.as_raw_fd());
+            let _ = sys::set_lease(f.as_fd(), libc::F_UNLCK, 0);
+        }
+    }
+
+    /// Drops every lease.
+    pub(super) fn release_all(&self) {
+        let Ok(mut st) = self.state.lock() else { return };
+        for (_, f) in st.held.drain() {
+            let _ = sys::set_lease(f.as_fd(), libc::F_UNLCK, 0);
+        }
+        st.by_fd.clear();
+        st.revoked.clear();
+    }
+
+    /// A break on `fd`: revoke, then let the breaker go.
+    fn broken(&self, inner: &Inner, fd: RawFd) {
+        let (inode, file) = {
+            let Ok(st) = self.state.lock() else { return };
+            let Some(inode) = st.by_fd.get(&fd).copied() else { return };
+            let Some(file) = st.held.get(&inode).cloned() else { return };
+            (inode, file)
+        };
+        inner.revoke(inode);
+        let Ok(mut st) = self.state.lock() else { return };
+        st.held.remove(&inode);
+        st.by_fd.remove(&fd);
+        if let Err(e) = sys::set_lease(file.as_fd(), libc::F_UNLCK, 0) {
+            debug!("lease release after break: {e}");
+        }
+        st.revoked.insert(inode, file);
+    }
+
+    /// Retries revoked files: a new lease means no other opener is left; re-install then.
+    fn retry(&self, inner: &Inner) {
+        let revoked: Vec<(InodeId, Arc<OwnedFd>)> = match self.state.lock() {
+            Ok(st) => st.revoked.iter().map(|(i, f)| (*i, Arc::clone(f))).collect(),
+            Err(_) => return,
+        };
+        let tid = self.tid.load(Ordering::Acquire);
+        for (inode, file) in revoked {
+            if !inner.table.lock().map(|t| t.has_inode(inode)).unwrap_or(false) {
+                if let Ok(mut st) = self.state.lock() {
+                    st.revoked.remove(&inode);
+                }
+                continue;
+            }
+            let Ok(typ) = sys::lease_type(file.as_fd()) else { continue };
+            if sys::set_lease(file.as_fd(), typ, tid).is_err() {
+                continue;
+            }
+            if let Ok(mut st) = self.state.lock() {
+                st.revoked.remove(&inode);
+                st.by_fd.insert(file.as_raw_fd(), inode);
+                st.held.insert(inode, Arc::clone(&file));
+            }
+            if inner.restore(inode, file.as_fd()) {
+                info!("inode {} leased again; pieces re-installed to EOF", inode.0);
+            }
+        }
+    }
+}
+
+fn run(inner: &Weak<Inner>, stop: &AtomicBool) {
+    while !stop.load(Ordering::Acquire) {
+        let fd = sys::wait_signal(RETRY);
+        let Some(inner) = inner.upgrade() else { return };
+        if let Some(fd) = fd {
+            inner.leases.broken(&inner, fd);
+        }
+        inner.leases.retry(&inner);
+    }
+}

@@ -1,0 +1,444 @@
+//! The DAX window: which file ranges the guest mapped where (the table), what is installed in
+//! the frontend (pieces), the per-inode mmap rw-semaphore, and the shrink/grow/revoke rules
+//! (DESIGN.md §3, I1-I6). Talks to the frontend only through `Mapper`; knows no FUSE or vhost.
+
+mod lease;
+mod sys;
+mod window;
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+
+use log::{debug, info, warn};
+
+pub use self::window::Table;
+use self::window::{Mapping, Piece};
+
+/// An offset in the DAX window (shm region 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WinOffset(pub u64);
+
+/// An offset in a mapped file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FileOffset(pub u64);
+
+/// Which inode a mapping belongs to (the filesystem's node id; opaque here).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InodeId(pub u64);
+
+/// A range of the window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WinRange {
+    pub start: WinOffset,
+    pub len: u64,
+}
+
+/// Installs and removes pieces of the window in the frontend. Each call returns only after the
+/// frontend acknowledged it (I1).
+pub trait Mapper: Send + Sync {
+    /// Maps `len` bytes of `fd` at `foffset` at `range` (read-only unless `writable`).
+    fn map(&self, range: WinRange, fd: BorrowedFd<'_>, foffset: FileOffset, writable: bool) -> Result<(), DaxError>;
+    /// Unmaps exactly one earlier piece.
+    fn unmap(&self, range: WinRange) -> Result<(), DaxError>;
+}
+
+/// Why a DAX operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DaxError {
+    /// The guest asked for a range that is empty, misaligned or outside the window.
+    #[error("range {moffset:#x}+{len:#x} is empty, misaligned or outside the window")]
+    OutsideWindow { moffset: u64, len: u64 },
+    /// The guest asked for a range whose end overflows.
+    #[error("range {moffset:#x}+{len:#x} overflows")]
+    Overflow { moffset: u64, len: u64 },
+    /// The guest sent unknown SETUPMAPPING flags.
+    #[error("unknown mapping flags {0:#x}")]
+    BadFlags(u64),
+    /// The window is not available on this connection (no SHMEM, no backend channel).
+    #[error("no DAX window on this connection")]
+    NoWindow,
+    /// The frontend refused or failed a map/unmap.
+    #[error("frontend refused the request: {0}")]
+    Frontend(io::Error),
+    /// The file cannot be protected against other truncaters (no lease) and policy forbids it.
+    #[error("file cannot be protected by a lease: {0}")]
+    Unprotected(io::Error),
+    /// A host operation failed.
+    #[error("host: {0}")]
+    Host(io::Error),
+}
+
+impl DaxError {
+    /// The errno the guest sees. Never EAGAIN (a faulting guest task would spin) nor ENOMEM
+    /// (guest OOM killer): guest-dax.md §2.4.
+    pub fn errno(&self) -> i32 {
+        match self {
+            DaxError::OutsideWindow { .. } | DaxError::Overflow { .. } | DaxError::BadFlags(_) => libc::EINVAL,
+            DaxError::NoWindow | DaxError::Frontend(_) | DaxError::Unprotected(_) => libc::EIO,
+            DaxError::Host(e) => match e.raw_os_error() {
+                Some(libc::EAGAIN | libc::ENOMEM) | None => libc::EIO,
+                Some(n) => n,
+            },
+        }
+    }
+}
+
+impl From<DaxError> for io::Error {
+    fn from(e: DaxError) -> Self {
+        io::Error::from_raw_os_error(e.errno())
+    }
+}
+
+/// What to do with files the daemon cannot lease (I5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LeasePolicy {
+    /// Refuse to map them (SETUPMAPPING fails with EIO).
+    #[default]
+    Require,
+    /// Map them anyway: another host process truncating them can kill the VM.
+    Unprotected,
+}
+
+/// A SETUPMAPPING, checked against the window.
+#[derive(Clone, Copy, Debug)]
+pub struct Setup {
+    pub range: WinRange,
+    pub foffset: FileOffset,
+    pub writable: bool,
+}
+
+/// Per-inode state: the mmap rw-semaphore (I4) and whether pieces were revoked (I5).
+#[derive(Default)]
+struct InodeDax {
+    /// Held shared by SETUPMAPPING and WRITE, exclusively by anything that shrinks the file.
+    sem: RwLock<()>,
+}
+
+/// The window and everything mapped in it. One per daemon; the mapper changes per connection.
+pub struct Dax {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    window_len: u64,
+    align: u64,
+    policy: LeasePolicy,
+    mapper: RwLock<Option<Arc<dyn Mapper>>>,
+    table: Mutex<Table>,
+    inodes: Mutex<HashMap<InodeId, Arc<InodeDax>>>,
+    leases: lease::Leases,
+}
+
+fn round_up(x: u64, align: u64) -> u64 {
+    x.checked_next_multiple_of(align).unwrap_or(u64::MAX - (u64::MAX % align))
+}
+
+impl Dax {
+    /// A window of `window_len` bytes with mappings aligned to `align` (the host page size).
+    pub fn new(window_len: u64, align: u64, policy: LeasePolicy) -> io::Result<Dax> {
+        let inner = Arc::new_cyclic(|weak: &Weak<Inner>| Inner {
+            window_len,
+            align,
+            policy,
+            mapper: RwLock::new(None),
+            table: Mutex::new(Table::default()),
+            inodes: Mutex::new(HashMap::new()),
+            leases: lease::Leases::new(weak.clone()),
+        });
+        inner.leases.start()?;
+        Ok(Dax { inner })
+    }
+
+    /// The window size.
+    pub fn window_len(&self) -> u64 {
+        self.inner.window_len
+    }
+
+    /// log2 of the mapping alignment, for FUSE_INIT's map_alignment.
+    pub fn map_alignment(&self) -> u16 {
+        u16::try_from(self.inner.align.trailing_zeros()).unwrap_or(12)
+    }
+
+    /// Whether this connection has a window (a mapper was attached).
+    pub fn is_active(&self) -> bool {
+        self.inner.mapper.read().map(|m| m.is_some()).unwrap_or(false)
+    }
+
+    /// Attaches the frontend's mapper (SHMEM negotiated and a backend channel set up).
+    pub fn attach(&self, mapper: Arc<dyn Mapper>) {
+        if let Ok(mut m) = self.inner.mapper.write() {
+            *m = Some(mapper);
+        }
+    }
+
+    /// The frontend went away: forget every mapping without sending anything.
+    pub fn detach(&self) {
+        if let Ok(mut m) = self.inner.mapper.write() {
+            m.take();
+        }
+        self.inner.clear(false);
+    }
+
+    /// A device reset: the frontend dropped its mappings; forget ours without sending anything.
+    pub fn forget_all(&self) {
+        self.inner.clear(false);
+    }
+
+    /// DESTROY or a new INIT: unmap everything (I1).
+    pub fn unmap_all(&self) {
+        self.inner.clear(true);
+    }
+
+    /// Checks a SETUPMAPPING's range and flags against the window (I1's validation).
+    pub fn check(&self, moffset: u64, len: u64, foffset: u64, writable: bool) -> Result<Setup, DaxError> {
+        let end = moffset.checked_add(len).ok_or(DaxError::Overflow { moffset, len })?;
+        foffset.checked_add(len).ok_or(DaxError::Overflow { moffset, len })?;
+        let a = self.inner.align;
+        if len == 0 || end > self.inner.window_len || !moffset.is_multiple_of(a) || !len.is_multiple_of(a) || !foffset.is_multiple_of(a) {
+            return Err(DaxError::OutsideWindow { moffset, len });
+        }
+        Ok(Setup { range: WinRange { start: WinOffset(moffset), len }, foffset: FileOffset(foffset), writable })
+    }
+
+    /// SETUPMAPPING: maps `file` as `s` for `inode`, replacing whatever the range held.
+    pub fn setup(&self, inode: InodeId, file: &Arc<OwnedFd>, s: Setup) -> Result<(), DaxError> {
+        self.inner.setup(inode, file, s)
+    }
+
+    /// REMOVEMAPPING of one range; unknown ranges succeed (the guest retries removals).
+    pub fn remove(&self, moffset: u64, len: u64) -> Result<(), DaxError> {
+        let end = moffset.checked_add(len).ok_or(DaxError::Overflow { moffset, len })?;
+        if end > self.inner.window_len {
+            return Err(DaxError::OutsideWindow { moffset, len });
+        }
+        self.inner.remove_range(WinOffset(moffset), end)
+    }
+
+    /// Holds `inode`'s semaphore shared (WRITE: the write barrier shrinks wait for).
+    pub fn shared<T>(&self, inode: InodeId, f: impl FnOnce() -> T) -> T {
+        let st = self.inner.inode(inode);
+        let _g = st.sem.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f()
+    }
+
+    /// Runs a host operation that may shrink `file` to `new_size` (or drop blocks), under the
+    /// exclusive semaphore: pieces past the new EOF page are unmapped first (I4), and what stays
+    /// valid is re-installed after, to the EOF the operation actually left.
+    pub fn shrink<T>(
+        &self,
+        inode: InodeId,
+        file: BorrowedFd<'_>,
+        new_size: u64,
+        op: impl FnOnce() -> io::Result<T>,
+    ) -> io::Result<T> {
+        let st = self.inner.inode(inode);
+        let _g = st.sem.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let cut = round_up(new_size, self.inner.align);
+        self.inner.cut(inode, cut)?;
+        let result = op();
+        let eof = sys::file_size(file).unwrap_or(0);
+        self.inner.reinstall(inode, round_up(eof, self.inner.align), false)?;
+        result
+    }
+
+    /// The guest touches `inode`: if a lease break revoked its pieces and the file is stable
+    /// again, re-take the lease and re-install to EOF now rather than at the next retry (I5).
+    pub fn touch(&self, inode: InodeId, file: &Arc<OwnedFd>) {
+        if !self.inner.leases.is_revoked(inode) {
+            return;
+        }
+        let st = self.inner.inode(inode);
+        let _g = st.sem.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Ok(mapper) = self.inner.mapper() else { return };
+        if let Ok(true) = self.inner.leases.ensure(inode, file) {
+            let eof = sys::file_size(file.as_fd()).unwrap_or(0);
+            let mut t = self.inner.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            t.unrevoke(inode);
+            if let Err(e) = t.fill(inode, round_up(eof, self.inner.align), false, &*mapper) {
+                warn!("cannot re-install inode {}: {e}", inode.0);
+            }
+        }
+    }
+
+    /// After an operation that may have grown the file: re-install cut slots (I3) before the
+    /// reply tells the guest the new size.
+    pub fn grow(&self, inode: InodeId, file: BorrowedFd<'_>) -> io::Result<()> {
+        if !self.inner.table_has_cut(inode) {
+            return Ok(());
+        }
+        let st = self.inner.inode(inode);
+        let _g = st.sem.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let eof = sys::file_size(file)?;
+        self.inner.reinstall(inode, round_up(eof, self.inner.align), true).map_err(io::Error::from)
+    }
+
+    /// I6 after a punch: ranges of writable mappings that became sparse are allocated again.
+    pub fn reallocate_writable(&self, inode: InodeId, file: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+        let eof = sys::file_size(file)?;
+        let end = offset.saturating_add(len).min(eof);
+        let ranges = self.inner.writable_file_ranges(inode);
+        for (start, stop) in ranges {
+            let (a, b) = (start.max(offset), stop.min(end));
+            if a < b {
+                sys::fallocate_keep_size(file, a, b - a)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The inode's installed pieces, as (window offset, file offset, len): for tests and logs.
+    pub fn pieces(&self, inode: InodeId) -> Vec<(u64, u64, u64)> {
+        let t = self.inner.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        t.pieces_of(inode)
+    }
+
+    /// Drops the state of an inode the filesystem forgot (its mappings stay until removed).
+    pub fn forget_inode(&self, inode: InodeId) {
+        let has = self.inner.table.lock().map(|t| t.has_inode(inode)).unwrap_or(true);
+        if !has && let Ok(mut m) = self.inner.inodes.lock() {
+            m.remove(&inode);
+        }
+    }
+}
+
+impl Drop for Dax {
+    fn drop(&mut self) {
+        self.inner.leases.stop();
+    }
+}
+
+impl Inner {
+    fn inode(&self, inode: InodeId) -> Arc<InodeDax> {
+        let mut m = self.inodes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(m.entry(inode).or_default())
+    }
+
+    fn mapper(&self) -> Result<Arc<dyn Mapper>, DaxError> {
+        self.mapper.read().ok().and_then(|m| m.clone()).ok_or(DaxError::NoWindow)
+    }
+
+    fn table_has_cut(&self, inode: InodeId) -> bool {
+        self.table.lock().map(|t| t.has_cut(inode)).unwrap_or(false)
+    }
+
+    fn setup(&self, inode: InodeId, file: &Arc<OwnedFd>, s: Setup) -> Result<(), DaxError> {
+        let st = self.inode(inode);
+        let _g = st.sem.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mapper = self.mapper()?;
+        let eof = sys::file_size(file.as_fd()).map_err(DaxError::Host)?;
+        match self.leases.ensure(inode, file) {
+            Ok(false) => {}
+            Ok(true) => {
+                // The file is stable again after a lease break: re-install to EOF first.
+                let mut t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                t.unrevoke(inode);
+                t.fill(inode, round_up(eof, self.align), false, &*mapper)?;
+            }
+            Err(e) if self.policy == LeasePolicy::Require => return Err(DaxError::Unprotected(e)),
+            Err(e) => debug!("mapping inode {} without a lease: {e}", inode.0),
+        }
+        if s.writable && s.foffset.0 < eof {
+            // I6: a write fault into a hole would SIGBUS the VM on ENOSPC; fail here instead.
+            let len = s.range.len.min(eof - s.foffset.0);
+            sys::fallocate_keep_size(file.as_fd(), s.foffset.0, len).map_err(DaxError::Host)?;
+        }
+        let mut t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        t.remove_overlapping(s.range.start, s.range.start.0 + s.range.len, &*mapper)?;
+        mapper.map(s.range, file.as_fd(), s.foffset, s.writable)?;
+        let piece = Piece { start: s.range.start, len: s.range.len };
+        t.insert(Mapping {
+            inode,
+            file: Arc::clone(file),
+            range: s.range,
+            foffset: s.foffset,
+            writable: s.writable,
+            pieces: vec![piece],
+            revoked: false,
+        });
+        Ok(())
+    }
+
+    fn remove_range(&self, start: WinOffset, end: u64) -> Result<(), DaxError> {
+        let mut t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mapper = self.mapper.read().ok().and_then(|m| m.clone());
+        let Some(mapper) = mapper else {
+            t.forget_overlapping(start, end);
+            return Ok(());
+        };
+        let removed = t.remove_overlapping(start, end, &*mapper)?;
+        drop(t);
+        for inode in removed {
+            self.release_lease_if_unmapped(inode);
+        }
+        Ok(())
+    }
+
+    fn release_lease_if_unmapped(&self, inode: InodeId) {
+        let has = self.table.lock().map(|t| t.has_inode(inode)).unwrap_or(true);
+        if !has {
+            self.leases.release(inode);
+        }
+    }
+
+    fn cut(&self, inode: InodeId, cut: u64) -> Result<(), DaxError> {
+        let Ok(mapper) = self.mapper() else { return Ok(()) };
+        let mut t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        t.cut(inode, cut, &*mapper)
+    }
+
+    fn reinstall(&self, inode: InodeId, valid_end: u64, whole: bool) -> Result<(), DaxError> {
+        let Ok(mapper) = self.mapper() else { return Ok(()) };
+        let mut t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        t.fill(inode, valid_end, whole, &*mapper)
+    }
+
+    fn writable_file_ranges(&self, inode: InodeId) -> Vec<(u64, u64)> {
+        self.table.lock().map(|t| t.writable_file_ranges(inode)).unwrap_or_default()
+    }
+
+    /// I5: another opener broke the lease. Unmap every piece of the inode (keeping the
+    /// mappings) before the breaker may proceed; the lease is released by the caller after.
+    fn revoke(&self, inode: InodeId) {
+        let st = self.inode(inode);
+        let _g = st.sem.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Ok(mapper) = self.mapper() else { return };
+        let mut t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match t.revoke(inode, &*mapper) {
+            Ok(n) => info!("lease break on inode {}: revoked {n} pieces", inode.0),
+            Err(e) => warn!("lease break on inode {}: cannot revoke every piece: {e}", inode.0),
+        }
+    }
+
+    /// I5: the file is stable again (a new lease was taken): re-install to the current EOF.
+    fn restore(&self, inode: InodeId, file: BorrowedFd<'_>) -> bool {
+        let st = self.inode(inode);
+        let _g = st.sem.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Ok(mapper) = self.mapper() else { return false };
+        let eof = sys::file_size(file).unwrap_or(0);
+        let mut t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        t.unrevoke(inode);
+        match t.fill(inode, round_up(eof, self.align), false, &*mapper) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!("cannot re-install inode {} after a lease break: {e}", inode.0);
+                false
+            }
+        }
+    }
+
+    fn clear(&self, send: bool) {
+        let mapper = if send { self.mapper().ok() } else { None };
+        let mut t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = t.clear(mapper.as_deref());
+        drop(t);
+        self.leases.release_all();
+        if let Ok(mut m) = self.inodes.lock() {
+            m.clear();
+        }
+        if n > 0 {
+            info!("DAX window cleared ({n} mappings)");
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Syscalls the DAX layer makes: file size, allocation, leases and the lease-break signal.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::Duration;
+
+// include/uapi/asm-generic/fcntl.h: not in the libc crate.
+const F_SETSIG: libc::c_int = 10;
+const F_SETOWN_EX: libc::c_int = 15;
+const F_OWNER_TID: libc::c_int = 0;
+
+#[repr(C)]
+struct FOwnerEx {
+    typ: libc::c_int,
+    pid: libc::pid_t,
+}
+
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+}
+
+/// The file's current size.
+pub fn file_size(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut st = MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: `st` is a writable stat buffer; the fd is borrowed for the call.
+    check(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstat succeeded and filled the (zeroed) buffer.
+    let st = unsafe { st.assume_init() };
+    u64::try_from(st.st_size).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))
+}
+
+/// fallocate(FALLOC_FL_KEEP_SIZE): allocates blocks without changing the size (I6).
+pub fn fallocate_keep_size(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    let inval = || io::Error::from_raw_os_error(libc::EINVAL);
+    let offset = libc::off_t::try_from(offset).map_err(|_| inval())?;
+    let len = libc::off_t::try_from(len).map_err(|_| inval())?;
+    // SAFETY: plain syscall on a borrowed fd.
+    check(unsafe { libc::fallocate(fd.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, offset, len) }).map(drop)
+}
+
+/// The signal lease breaks are delivered with.
+pub fn lease_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 1
+}
+
+/// The calling thread's id.
+pub fn gettid() -> libc::pid_t {
+    // SAFETY: gettid cannot fail.
+    unsafe { libc::gettid() }
+}
+
+/// Takes (F_RDLCK/F_WRLCK) or drops (F_UNLCK) a lease, with breaks signalled to thread `tid`
+/// as `lease_signal()` carrying the fd in si_fd.
+pub fn set_lease(fd: BorrowedFd<'_>, typ: libc::c_int, tid: libc::pid_t) -> io::Result<()> {
+    let raw = fd.as_raw_fd();
+    if typ != libc::F_UNLCK {
+        // SAFETY: plain fcntl on a borrowed fd.
+        check(unsafe { libc::fcntl(raw, F_SETSIG, lease_signal()) })?;
+        let owner = FOwnerEx { typ: F_OWNER_TID, pid: tid };
+        // SAFETY: `owner` is a live f_owner_ex the kernel reads during the call.
+        check(unsafe { libc::fcntl(raw, F_SETOWN_EX, &raw const owner) })?;
+    }
+    // SAFETY: plain fcntl on a borrowed fd.
+    check(unsafe { libc::fcntl(raw, libc::F_SETLEASE, typ) }).map(drop)
+}
+
+/// The lease type the fd's access mode allows: a write lease for a writable fd.
+pub fn lease_type(fd: BorrowedFd<'_>) -> io::Result<libc::c_int> {
+    // SAFETY: plain fcntl on a borrowed fd.
+    let fl = check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    Ok(if fl & libc::O_ACCMODE == libc::O_RDONLY { libc::F_RDLCK } else { libc::F_WRLCK })
+}
+
+fn sigset_of(sig: libc::c_int) -> libc::sigset_t {
+    let mut set = MaybeUninit::<libc::sigset_t>::zeroed();
+    // SAFETY: `set` is a writable sigset; sigemptyset initializes it.
+    unsafe { libc::sigemptyset(set.as_mut_ptr()) };
+    // SAFETY: `set` was initialized just above; `sig` is a valid signal number.
+    unsafe { libc::sigaddset(set.as_mut_ptr(), sig) };
+    // SAFETY: initialized by sigemptyset.
+    unsafe { set.assume_init() }
+}
+
+/// Blocks `lease_signal()` in the calling thread, so it is only ever taken by `wait_signal`.
+pub fn block_lease_signal() -> io::Result<()> {
+    let set = sigset_of(lease_signal());
+    // SAFETY: `set` is a valid sigset; only the calling thread's mask changes.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut()) };
+    if r != 0 { Err(io::Error::from_raw_os_error(r)) } else { Ok(()) }
+}
+
+/// Waits up to `timeout` for `lease_signal()`; returns the fd it names, if one arrived.
+pub fn wait_signal(timeout: Duration) -> Option<libc::c_int> {
+    let set = sigset_of(lease_signal());
+    let ts = libc::timespec {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(1),
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos()),
+    };
+    let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
+    // SAFETY: `set`, `info` and `ts` are live for the call; `info` is writable.
+    let r = unsafe { libc::sigtimedwait(&raw const set, info.as_mut_ptr(), &raw const ts) };
+    if r < 0 {
+        return None;
+    }
+    // SAFETY: sigtimedwait succeeded and filled `info`.
+    let info = unsafe { info.assume_init() };
+    // siginfo for SIGPOLL-style signals: si_band (long) then si_fd (int), after the header
+    // (si_signo, si_errno, si_code, and padding to 8 bytes).
+    Some(si_fd(&info))
+}
+
+fn si_fd(info: &libc::siginfo_t) -> libc::c_int {
+    #[repr(C)]
+    struct SigPoll {
+        signo: libc::c_int,
+        errno: libc::c_int,
+        code: libc::c_int,
+        pad: libc::c_int,
+        band: libc::c_long,
+        fd: libc::c_int,
+    }
+    const _: () = assert!(size_of::<SigPoll>() <= size_of::<libc::siginfo_t>());
+    // SAFETY: siginfo_t is larger than SigPoll and at least as aligned; for a signal queued by
+    // a lease break the kernel fills the SIGPOLL layout, which SigPoll mirrors (x86_64 ABI).
+    let p = unsafe { &*std::ptr::from_ref(info).cast::<SigPoll>() };
+    p.fd
+}

@@ -1,0 +1,207 @@
+//! The window table: every mapping the guest set up and the pieces installed for it in the
+//! frontend (I1). Pieces of a mapping are contiguous from its start, so "what is installed"
+//! is one covered length per mapping. QEMU 11.1 unmaps only whole pieces, so a cut unmaps every
+//! piece that reaches past it; the caller re-installs what stays valid.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use log::trace;
+
+use super::{DaxError, FileOffset, InodeId, Mapper, WinOffset, WinRange};
+
+/// One installed SHMEM_MAP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Piece {
+    pub start: WinOffset,
+    pub len: u64,
+}
+
+/// One SETUPMAPPING the guest holds.
+pub struct Mapping {
+    pub inode: InodeId,
+    pub file: Arc<OwnedFd>,
+    pub range: WinRange,
+    pub foffset: FileOffset,
+    pub writable: bool,
+    /// Installed pieces, contiguous from `range.start`.
+    pub pieces: Vec<Piece>,
+    /// Pieces were taken away by a lease break (I5) and are not to be re-grown until restored.
+    pub revoked: bool,
+}
+
+impl Mapping {
+    fn end(&self) -> u64 {
+        self.range.start.0 + self.range.len
+    }
+
+    /// Bytes installed from the start of the mapping.
+    fn covered(&self) -> u64 {
+        self.pieces.iter().map(|p| p.len).sum()
+    }
+
+    fn unmap_all(&mut self, mapper: &dyn Mapper) -> Result<(), DaxError> {
+        while let Some(p) = self.pieces.last().copied() {
+            mapper.unmap(WinRange { start: p.start, len: p.len })?;
+            trace!("unmapped piece {:#x}+{:#x}", p.start.0, p.len);
+            self.pieces.pop();
+        }
+        Ok(())
+    }
+}
+
+/// All mappings, by window start.
+#[derive(Default)]
+pub struct Table {
+    maps: BTreeMap<u64, Mapping>,
+}
+
+impl Table {
+    /// Records a mapping whose pieces are installed.
+    pub fn insert(&mut self, m: Mapping) {
+        self.maps.insert(m.range.start.0, m);
+    }
+
+    fn overlapping(&self, start: WinOffset, end: u64) -> Vec<u64> {
+        self.maps.values().filter(|m| m.range.start.0 < end && m.end() > start.0).map(|m| m.range.start.0).collect()
+    }
+
+    /// Unmaps and drops every mapping overlapping [start, end). Returns the inodes touched.
+    pub fn remove_overlapping(
+        &mut self,
+        start: WinOffset,
+        end: u64,
+        mapper: &dyn Mapper,
+    ) -> Result<Vec<InodeId>, DaxError> {
+        let mut inodes = Vec::new();
+        for key in self.overlapping(start, end) {
+            let Some(m) = self.maps.get_mut(&key) else { continue };
+            m.unmap_all(mapper)?;
+            inodes.push(m.inode);
+            self.maps.remove(&key);
+        }
+        Ok(inodes)
+    }
+
+    /// Drops mappings overlapping [start, end) without telling the frontend (it is gone).
+    pub fn forget_overlapping(&mut self, start: WinOffset, end: u64) {
+        for key in self.overlapping(start, end) {
+            self.maps.remove(&key);
+        }
+    }
+
+    fn of(&mut self, inode: InodeId) -> impl Iterator<Item = &mut Mapping> {
+        self.maps.values_mut().filter(move |m| m.inode == inode)
+    }
+
+    /// I4: unmaps every piece of `inode` that reaches file offset `cut` or beyond.
+    pub fn cut(&mut self, inode: InodeId, cut: u64, mapper: &dyn Mapper) -> Result<(), DaxError> {
+        for m in self.of(inode) {
+            while let Some(p) = m.pieces.last().copied() {
+                let file_end = m.foffset.0 + (p.start.0 - m.range.start.0) + p.len;
+                if file_end <= cut {
+                    break;
+                }
+                mapper.unmap(WinRange { start: p.start, len: p.len })?;
+                trace!("cut: unmapped piece {:#x}+{:#x}", p.start.0, p.len);
+                m.pieces.pop();
+            }
+        }
+        Ok(())
+    }
+
+    /// Installs, for every mapping of `inode` that is not revoked and whose covered part ends
+    /// before file offset `valid_end`, one adjacent piece: up to `valid_end` (clamped to the
+    /// mapping), or to the mapping's end when `whole` (I3: the rest of a shortened slot).
+    pub fn fill(&mut self, inode: InodeId, valid_end: u64, whole: bool, mapper: &dyn Mapper) -> Result<(), DaxError> {
+        for m in self.of(inode) {
+            if m.revoked {
+                continue;
+            }
+            let covered = m.covered();
+            let want = valid_end.saturating_sub(m.foffset.0).min(m.range.len);
+            if want <= covered {
+                continue;
+            }
+            let want = if whole { m.range.len } else { want };
+            let piece = Piece { start: WinOffset(m.range.start.0 + covered), len: want - covered };
+            let foffset = FileOffset(m.foffset.0 + covered);
+            mapper.map(WinRange { start: piece.start, len: piece.len }, m.file.as_fd(), foffset, m.writable)?;
+            trace!("filled piece {:#x}+{:#x}", piece.start.0, piece.len);
+            m.pieces.push(piece);
+        }
+        Ok(())
+    }
+
+    /// I5: unmaps every piece of `inode`, keeping its mappings. Returns the number unmapped.
+    pub fn revoke(&mut self, inode: InodeId, mapper: &dyn Mapper) -> Result<usize, DaxError> {
+        let mut n = 0;
+        for m in self.of(inode) {
+            m.revoked = true;
+            n += m.pieces.len();
+            m.unmap_all(mapper)?;
+        }
+        Ok(n)
+    }
+
+    /// Lets `fill` re-install `inode`'s mappings again.
+    pub fn unrevoke(&mut self, inode: InodeId) {
+        for m in self.of(inode) {
+            m.revoked = false;
+        }
+    }
+
+    /// Whether some mapping of `inode` has less installed than it spans (after a cut).
+    pub fn has_cut(&self, inode: InodeId) -> bool {
+        self.maps.values().any(|m| m.inode == inode && !m.revoked && m.covered() < m.range.len)
+    }
+
+    /// Whether `inode` has any mapping.
+    pub fn has_inode(&self, inode: InodeId) -> bool {
+        self.maps.values().any(|m| m.inode == inode)
+    }
+
+    /// File ranges [start, end) installed writable for `inode`.
+    pub fn writable_file_ranges(&self, inode: InodeId) -> Vec<(u64, u64)> {
+        self.maps
+            .values()
+            .filter(|m| m.inode == inode && m.writable)
+            .map(|m| (m.foffset.0, m.foffset.0 + m.covered()))
+            .collect()
+    }
+
+    /// (window offset, file offset, len) of every installed piece of `inode`.
+    pub fn pieces_of(&self, inode: InodeId) -> Vec<(u64, u64, u64)> {
+        let mut v = Vec::new();
+        for m in self.maps.values().filter(|m| m.inode == inode) {
+            for p in &m.pieces {
+                v.push((p.start.0, m.foffset.0 + (p.start.0 - m.range.start.0), p.len));
+            }
+        }
+        v
+    }
+
+    /// Inodes with mappings.
+    pub fn inodes(&self) -> Vec<InodeId> {
+        let mut v: Vec<InodeId> = self.maps.values().map(|m| m.inode).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Unmaps everything (when `mapper` is given) and empties the table; returns how many
+    /// mappings there were.
+    pub fn clear(&mut self, mapper: Option<&dyn Mapper>) -> usize {
+        let n = self.maps.len();
+        if let Some(mapper) = mapper {
+            for m in self.maps.values_mut() {
+                if let Err(e) = m.unmap_all(mapper) {
+                    log::warn!("cannot unmap {:#x}: {e}", m.range.start.0);
+                }
+            }
+        }
+        self.maps.clear();
+        n
+    }
+}

@@ -1,0 +1,196 @@
+//! The passthrough side of DAX: one shared host file per DAX inode (mappings, guest handles and
+//! the lease all use it, so the daemon never breaks its own lease), SETUPMAPPING/REMOVEMAPPING,
+//! and routing every size change of a DAX inode through the window's shrink/grow rules.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::inodes::Inode;
+use super::{Passthrough, errno};
+use crate::dax::{Dax, InodeId};
+use crate::fs::{DaxMode, NodeId, SetupMapping, sys};
+
+const FLAG_WRITE: u64 = 1 << 0;
+const FLAG_READ: u64 = 1 << 1;
+
+/// Which files get FUSE_ATTR_DAX under `-o dax=inode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DaxFiles {
+    /// Every regular file.
+    All,
+    /// Regular files the daemon can lease (it is root, or owns them).
+    #[default]
+    Leasable,
+    /// None.
+    None,
+}
+
+impl Passthrough {
+    /// The window, when this session negotiated DAX.
+    pub(super) fn dax_session(&self) -> Option<&Dax> {
+        let on = DaxMode::from_u8(self.dax_mode.load(Ordering::Relaxed)) != DaxMode::Off;
+        self.cfg.dax.as_deref().filter(|d| on && d.is_active())
+    }
+
+    /// Whether `inode` goes through the shared DAX file.
+    pub(super) fn is_dax_inode(&self, inode: &Inode) -> bool {
+        inode.file_type == libc::S_IFREG && self.dax_session().is_some()
+    }
+
+    /// FUSE_ATTR_DAX for `-o dax=inode`.
+    pub(super) fn wants_attr_dax(&self, mode: u32, uid: u32) -> bool {
+        if mode & libc::S_IFMT != libc::S_IFREG
+            || DaxMode::from_u8(self.dax_mode.load(Ordering::Relaxed)) != DaxMode::Inode
+        {
+            return false;
+        }
+        match self.cfg.dax_files {
+            DaxFiles::All => true,
+            DaxFiles::None => false,
+            DaxFiles::Leasable => sys::geteuid() == 0 || sys::geteuid() == uid,
+        }
+    }
+
+    /// The inode's shared file, opened read-write when the export allows.
+    pub(super) fn shared_file(&self, inode: &Inode) -> io::Result<Arc<OwnedFd>> {
+        let mut slot = inode.dax_file.lock().map_err(|_| errno(libc::EIO))?;
+        if let Some(f) = slot.as_ref() {
+            return Ok(Arc::clone(f));
+        }
+        let fd = if self.cfg.readonly {
+            self.reopen(inode, libc::O_RDONLY)?
+        } else {
+            self.reopen(inode, libc::O_RDWR).or_else(|_| self.reopen(inode, libc::O_RDONLY))?
+        };
+        let f = Arc::new(fd);
+        *slot = Some(Arc::clone(&f));
+        Ok(f)
+    }
+
+    /// Adopts `fd` (just created with O_RDWR) as the inode's shared file unless it has one.
+    pub(super) fn adopt_shared_file(&self, inode: &Inode, fd: OwnedFd) -> io::Result<Arc<OwnedFd>> {
+        let mut slot = inode.dax_file.lock().map_err(|_| errno(libc::EIO))?;
+        Ok(Arc::clone(slot.get_or_insert_with(|| Arc::new(fd))))
+    }
+
+    /// An fd for host I/O on `inode` that never breaks our own lease: the shared file for DAX
+    /// inodes, a fresh open otherwise.
+    pub(super) fn io_fd(&self, inode: &Inode, flags: i32) -> io::Result<IoFd> {
+        if let Some(f) = inode.dax_file.lock().ok().and_then(|s| s.clone()) {
+            return Ok(IoFd::Shared(f));
+        }
+        self.reopen(inode, flags).map(IoFd::Own)
+    }
+
+    /// Truncates a DAX inode: shrinks go through the window's cut/re-install (I4).
+    pub(super) fn dax_truncate(&self, inode: &Inode, file: BorrowedFd<'_>, size: u64) -> io::Result<()> {
+        let Some(dax) = self.dax_session() else { return sys::ftruncate(file, size) };
+        let id = InodeId(inode.nodeid.0);
+        dax.shrink(id, file, size, || sys::ftruncate(file, size))?;
+        dax.grow(id, file)
+    }
+
+    /// fallocate on a DAX inode, by mode: see DESIGN.md I4 and I6.
+    pub(super) fn dax_fallocate(
+        &self,
+        inode: &Inode,
+        file: BorrowedFd<'_>,
+        mode: i32,
+        off: u64,
+        len: u64,
+    ) -> io::Result<()> {
+        let Some(dax) = self.dax_session() else { return sys::fallocate(file, mode, off, len) };
+        let id = InodeId(inode.nodeid.0);
+        let op = || sys::fallocate(file, mode, off, len);
+        if mode & libc::FALLOC_FL_COLLAPSE_RANGE != 0 {
+            let size = crate::fs::sys::statx(file)?.0.size;
+            dax.shrink(id, file, size.saturating_sub(len), op)?;
+        } else if mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_INSERT_RANGE) != 0 {
+            // No page stops being valid, but blocks go away: exclusive, no cut.
+            dax.shrink(id, file, u64::MAX, op)?;
+            if mode & libc::FALLOC_FL_PUNCH_HOLE != 0 {
+                dax.reallocate_writable(id, file, off, len)?;
+            }
+        } else {
+            dax.shared(id, op)?;
+        }
+        dax.grow(id, file)
+    }
+
+    /// A WRITE to a DAX inode: held shared against shrinks (the write barrier), then grown (I3).
+    pub(super) fn dax_write<T>(&self, inode: &Inode, op: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        let Some(dax) = self.dax_session() else { return op() };
+        let Some(file) = inode.dax_file.lock().ok().and_then(|s| s.clone()) else { return op() };
+        let id = InodeId(inode.nodeid.0);
+        dax.touch(id, &file);
+        let r = dax.shared(id, op)?;
+        dax.grow(id, file.as_fd())?;
+        Ok(r)
+    }
+
+    pub(super) fn do_setupmapping(&self, node: NodeId, m: SetupMapping) -> io::Result<()> {
+        let dax = self.dax_session().ok_or_else(|| errno(libc::ENOSYS))?;
+        if m.flags & !(FLAG_READ | FLAG_WRITE) != 0 {
+            return Err(crate::dax::DaxError::BadFlags(m.flags).into());
+        }
+        let writable = m.flags & FLAG_WRITE != 0;
+        let setup = dax.check(m.moffset, m.len, m.foffset, writable)?;
+        let inode = self.inode(node)?;
+        if inode.file_type != libc::S_IFREG {
+            return Err(errno(libc::EBADF));
+        }
+        if writable && self.cfg.readonly {
+            return Err(errno(libc::EACCES));
+        }
+        let file = self.shared_file(&inode)?;
+        if writable && sys::is_read_only(file.as_fd())? {
+            return Err(errno(libc::EACCES));
+        }
+        dax.setup(InodeId(node.0), &file, setup).map_err(io::Error::from)
+    }
+
+    pub(super) fn do_removemapping(&self, ranges: &[(u64, u64)]) -> io::Result<()> {
+        let Some(dax) = self.cfg.dax.as_deref() else { return Err(errno(libc::ENOSYS)) };
+        for &(moffset, len) in ranges {
+            dax.remove(moffset, len)?;
+        }
+        Ok(())
+    }
+}
+
+/// An fd for one host operation.
+pub enum IoFd {
+    Shared(Arc<OwnedFd>),
+    Own(OwnedFd),
+}
+
+impl AsFd for IoFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            IoFd::Shared(f) => f.as_fd(),
+            IoFd::Own(f) => f.as_fd(),
+        }
+    }
+}
+
+impl DaxMode {
+    /// Stored in an atomic.
+    pub fn to_u8(self) -> u8 {
+        match self {
+            DaxMode::Off => 0,
+            DaxMode::Always => 1,
+            DaxMode::Inode => 2,
+        }
+    }
+
+    /// Loaded from an atomic.
+    pub fn from_u8(v: u8) -> DaxMode {
+        match v {
+            1 => DaxMode::Always,
+            2 => DaxMode::Inode,
+            _ => DaxMode::Off,
+        }
+    }
+}

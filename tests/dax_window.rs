@@ -1,0 +1,294 @@
+//! The DAX window through a test VMM that has a real window: SETUPMAPPING/REMOVEMAPPING, data
+//! through the window, bad input, and the safety invariants (DESIGN.md §3) after every shrink.
+#![allow(unsafe_code, clippy::unwrap_used, clippy::indexing_slicing, clippy::cast_possible_truncation, clippy::panic)]
+
+mod common;
+
+use common::fuse::*;
+use common::vmm::VmmOptions;
+use daxfsd::fuse::abi::*;
+
+const MB2: u64 = 2 << 20;
+const PAGE: u64 = 4096;
+const R: u64 = FUSE_SETUPMAPPING_FLAG_READ;
+const RW: u64 = FUSE_SETUPMAPPING_FLAG_READ | FUSE_SETUPMAPPING_FLAG_WRITE;
+
+fn dax_daemon() -> (Daemon, Client) {
+    let d = Daemon::start(&["--dax-window", "64M"]);
+    let c = Client::connect_dax(&d.socket, 1, false);
+    (d, c)
+}
+
+/// The file's bytes as the daemon sees them (GETATTR + READ). Opening the host file from this
+/// process would break the daemon's lease and revoke the mapping under test.
+fn file_data(c: &Client, node: u64) -> Vec<u8> {
+    let size = c.getattr(node).unwrap().attr.size;
+    let fh = c.open(node, libc::O_RDONLY).unwrap();
+    let mut data = Vec::new();
+    while (data.len() as u64) < size {
+        let chunk = c.read(node, fh, data.len() as u64, 1 << 20).unwrap();
+        assert!(!chunk.is_empty());
+        data.extend_from_slice(&chunk);
+    }
+    c.release(node, fh).unwrap();
+    data
+}
+
+/// Asserts I2 for a mapping of `node` at window `moffset`, file offset `foffset`: every page
+/// below EOF reads the file's bytes, and no page that was valid before a shrink (below
+/// `old_eof`) is still installed past the new EOF. An installed page past EOF reads as EIO
+/// through /proc/self/mem (where the guest would take a SIGBUS); pages past the old EOF may
+/// stay installed, since the guest never touches them.
+fn assert_window_safe(c: &Client, node: u64, moffset: u64, foffset: u64, len: u64, old_eof: u64) {
+    let data = file_data(c, node);
+    let eof = data.len() as u64;
+    for p in (0..len).step_by(PAGE as usize) {
+        let got = c.vmm.window().read(moffset + p, PAGE as usize);
+        let fo = foffset + p;
+        if fo < eof {
+            let got = got.unwrap_or_else(|e| panic!("page at file offset {fo:#x} below EOF {eof:#x} unreadable: {e}"));
+            let end = (fo + PAGE).min(eof);
+            let want = &data[fo as usize..end as usize];
+            if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+                panic!(
+                    "page {fo:#x}: byte {i} is {} through the window, {} in the file (eof {eof:#x})",
+                    got[i], want[i]
+                );
+            }
+        } else if fo < old_eof {
+            match got {
+                Ok(b) => assert!(b.iter().all(|x| *x == 0), "uninstalled page {fo:#x} reads non-zero"),
+                Err(e) => panic!("page {fo:#x}, valid before the shrink, is installed past EOF {eof:#x}: {e}"),
+            }
+        }
+    }
+}
+
+/// Writes `data` at `off` in max_write-sized requests.
+fn write_all(c: &Client, node: u64, fh: u64, off: u64, data: &[u8]) {
+    for (i, chunk) in data.chunks(1 << 20).enumerate() {
+        c.write(node, fh, off + (i as u64) * (1 << 20), chunk).unwrap();
+    }
+}
+
+#[test]
+fn init_offers_map_alignment_only_with_a_window() {
+    let (_d, c) = dax_daemon();
+    assert_ne!(c.init.flags & FUSE_MAP_ALIGNMENT as u32, 0);
+    assert_eq!(c.init.map_alignment, 12);
+    assert_eq!(c.init.flags & FUSE_POSIX_LOCKS as u32, 0, "DAX sessions keep locks in the guest");
+    assert_eq!(c.vmm.shmem_sizes().first(), Some(&(64 << 20)));
+    // Same daemon, a frontend without SHMEM (QEMU's vhost-user-fs-pci): plain virtio-fs.
+    let d = Daemon::start(&["--dax-window", "64M"]);
+    let plain = Client::connect(&d.socket, 1, VmmOptions::default());
+    let flags = plain.do_init(FUSE_INIT_EXT | FUSE_MAP_ALIGNMENT);
+    assert_eq!(flags.flags & FUSE_MAP_ALIGNMENT as u32, 0);
+    assert_eq!(flags.map_alignment, 0);
+    let n = plain.make_file("f", b"x");
+    assert_eq!(plain.setupmapping(n, 0, MB2, R, 0).unwrap_err(), libc::ENOSYS);
+}
+
+#[test]
+fn window_reads_file_and_writes_reach_the_host() {
+    let (d, c) = dax_daemon();
+    let data = pattern_bytes(1, 0, 3 * PAGE as usize + 100);
+    let n = c.make_file("f", &data);
+    c.setupmapping(n, 0, MB2, R, 0).unwrap();
+    assert_eq!(c.vmm.window().read(0, data.len()).unwrap(), data);
+    assert_window_safe(&c, n, 0, 0, MB2, 0);
+    let host = std::fs::read(d.path("f")).unwrap();
+    assert_eq!(host, data);
+    // Upgrade in place to writable (same offsets, as the guest does on a write fault).
+    c.setupmapping(n, 0, MB2, RW, 0).unwrap();
+    c.vmm.window().write(PAGE, b"through the window").unwrap();
+    let fh = c.open(n, libc::O_RDONLY).unwrap();
+    assert_eq!(c.read(n, fh, PAGE, 18).unwrap(), b"through the window");
+    let host = std::fs::read(d.path("f")).unwrap();
+    assert_eq!(&host[PAGE as usize..PAGE as usize + 18], b"through the window");
+    // A WRITE request is seen through the window.
+    let fh2 = c.open(n, libc::O_RDWR).unwrap();
+    c.write(n, fh2, 10, b"via WRITE").unwrap();
+    assert_eq!(c.vmm.window().read(10, 9).unwrap(), b"via WRITE");
+}
+
+#[test]
+fn remap_a_slot_to_another_file_and_remove() {
+    let (_d, c) = dax_daemon();
+    let a = c.make_file("a", &pattern_bytes(2, 0, 8192));
+    let b = c.make_file("b", &pattern_bytes(3, 0, 8192));
+    c.setupmapping(a, 0, MB2, R, MB2).unwrap();
+    assert_eq!(c.vmm.window().read(MB2, 16).unwrap(), pattern_bytes(2, 0, 16));
+    c.setupmapping(b, 0, MB2, R, MB2).unwrap();
+    assert_eq!(c.vmm.window().read(MB2, 16).unwrap(), pattern_bytes(3, 0, 16));
+    c.removemapping(&[(MB2, MB2)]).unwrap();
+    assert_eq!(c.vmm.window().read(MB2, 16).unwrap(), vec![0; 16], "unmapped window reads zeros");
+    assert!(c.vmm.window().pieces().is_empty());
+    // Removing again (the guest retries failed removals) succeeds.
+    c.removemapping(&[(MB2, MB2)]).unwrap();
+}
+
+#[test]
+fn removemapping_of_4096_entries() {
+    let d = Daemon::start(&["--dax-window", "16M"]);
+    let c = Client::connect_dax(&d.socket, 1, false);
+    let (e, fh) = c.create(1, "f", libc::O_RDWR | libc::O_CREAT, 0o644).unwrap();
+    let n = e.nodeid;
+    write_all(&c, n, fh, 0, &pattern_bytes(4, 0, 4096 * PAGE as usize));
+    for i in 0..4096 {
+        c.setupmapping(n, i * PAGE, PAGE, R, i * PAGE).unwrap();
+    }
+    assert_eq!(c.vmm.window().pieces().len(), 4096);
+    assert_eq!(c.vmm.window().read(4095 * PAGE, 8).unwrap(), pattern_bytes(4, 4095 * PAGE as usize, 8));
+    let ranges: Vec<(u64, u64)> = (0..4096).map(|i| (i * PAGE, PAGE)).collect();
+    c.removemapping(&ranges).unwrap();
+    assert!(c.vmm.window().pieces().is_empty());
+}
+
+#[test]
+fn bad_mapping_requests_are_rejected_and_serving_continues() {
+    let (mut d, c) = dax_daemon();
+    let n = c.make_file("f", b"data");
+    let dir = c.mkdir(1, "dir", 0o755).unwrap().nodeid;
+    let w = 64 << 20;
+    for (foff, len, flags, moff, errno) in [
+        (0, MB2, R, 100, libc::EINVAL),                  // misaligned window offset
+        (0, 100, R, 0, libc::EINVAL),                    // misaligned length
+        (7, MB2, R, 0, libc::EINVAL),                    // misaligned file offset
+        (0, 0, R, 0, libc::EINVAL),                      // empty
+        (0, MB2, R, w, libc::EINVAL),                    // outside the window
+        (0, MB2, R, w - PAGE, libc::EINVAL),             // straddles the end
+        (0, u64::MAX - PAGE + 1, R, PAGE, libc::EINVAL), // overflows
+        (u64::MAX - PAGE + 1, MB2, R, 0, libc::EINVAL),  // file range overflows
+        (0, MB2, 1 << 7, 0, libc::EINVAL),               // unknown flags
+    ] {
+        assert_eq!(c.setupmapping(n, foff, len, flags, moff).unwrap_err(), errno, "{foff} {len} {flags} {moff}");
+    }
+    assert_eq!(c.setupmapping(987_654, 0, MB2, R, 0).unwrap_err(), libc::ENOENT);
+    assert_eq!(c.setupmapping(dir, 0, MB2, R, 0).unwrap_err(), libc::EBADF);
+    // REMOVEMAPPING: count against the message length, count limits, range checks.
+    use zerocopy::IntoBytes;
+    let one = RemovemappingOne { moffset: 0, len: MB2 };
+    for (count, entries) in [(2u32, 1usize), (1, 2), (0, 0), (5000, 5000)] {
+        let mut body = RemovemappingIn { count }.as_bytes().to_vec();
+        for _ in 0..entries {
+            body.extend_from_slice(one.as_bytes());
+        }
+        assert_eq!(c.call(Opcode::Removemapping, 1, &[&body], 0).unwrap_err(), libc::EINVAL, "count {count}");
+    }
+    assert_eq!(c.removemapping(&[(w, MB2)]).unwrap_err(), libc::EINVAL);
+    assert_eq!(c.removemapping(&[(u64::MAX - 10, 20)]).unwrap_err(), libc::EINVAL);
+    assert!(c.vmm.window().log().iter().all(|e| e.errno == 0), "no bad request reached the frontend");
+    assert!(c.getattr(1).is_ok() && d.is_running());
+    c.setupmapping(n, 0, MB2, R, 0).unwrap();
+}
+
+/// A 2-slot writable mapping of a file, for the shrink tests.
+fn mapped_file(c: &Client, name: &str, len: usize) -> (u64, u64) {
+    let (e, fh) = c.create(1, name, libc::O_RDWR | libc::O_CREAT, 0o644).unwrap();
+    write_all(c, e.nodeid, fh, 0, &pattern_bytes(5, 0, len));
+    c.setupmapping(e.nodeid, 0, MB2, RW, 0).unwrap();
+    c.setupmapping(e.nodeid, MB2, MB2, RW, MB2).unwrap();
+    (e.nodeid, fh)
+}
+
+#[test]
+fn truncate_down_leaves_no_page_past_eof_and_growth_is_visible() {
+    let (_d, c) = dax_daemon();
+    let (n, fh) = mapped_file(&c, "f", 3 << 20);
+    let mut old = 3 << 20;
+    for size in [3 << 20, (2 << 20) + 5000, 1 << 20, 12_345, 4096, 0] {
+        let s = SetattrIn { valid: FATTR_SIZE, size, ..Default::default() };
+        c.setattr(n, s).unwrap();
+        assert_window_safe(&c, n, 0, 0, 2 * MB2, old);
+        old = size;
+    }
+    // Grow again by WRITE past EOF: the new data is visible through the old mapping (I3).
+    c.write(n, fh, 3 * PAGE, b"grown").unwrap();
+    assert_eq!(c.vmm.window().read(3 * PAGE, 5).unwrap(), b"grown");
+    assert_window_safe(&c, n, 0, 0, 2 * MB2, 0);
+    // Grow by SETATTR and by FALLOCATE, into the second slot.
+    c.setattr(n, SetattrIn { valid: FATTR_SIZE, size: MB2 + 100, ..Default::default() }).unwrap();
+    assert_window_safe(&c, n, MB2, MB2, MB2, 0);
+    c.fallocate(n, fh, 0, 0, MB2 + 3 * PAGE).unwrap();
+    c.write(n, fh, MB2 + 2 * PAGE, b"tail").unwrap();
+    assert_eq!(c.vmm.window().read(MB2 + 2 * PAGE, 4).unwrap(), b"tail");
+    assert_window_safe(&c, n, 0, 0, 2 * MB2, 0);
+}
+
+#[test]
+fn open_with_o_trunc_and_create_trunc_are_safe() {
+    let (d, c) = dax_daemon();
+    let (n, _fh) = mapped_file(&c, "f", 1 << 20);
+    let fh = c.open(n, libc::O_RDWR | libc::O_TRUNC).unwrap();
+    assert_eq!(std::fs::metadata(d.path("f")).unwrap().len(), 0, "stat does not open: no lease break");
+    assert_window_safe(&c, n, 0, 0, 2 * MB2, 1 << 20);
+    c.write(n, fh, 0, b"again").unwrap();
+    assert_eq!(c.vmm.window().read(0, 5).unwrap(), b"again");
+}
+
+#[test]
+fn punch_zero_collapse_insert_keep_the_window_exact() {
+    let (_d, c) = dax_daemon();
+    let (n, fh) = mapped_file(&c, "f", 1 << 20);
+    let keep = libc::FALLOC_FL_KEEP_SIZE as u32;
+    c.fallocate(n, fh, libc::FALLOC_FL_PUNCH_HOLE as u32 | keep, 8 * PAGE, 4 * PAGE).unwrap();
+    assert_eq!(c.vmm.window().read(8 * PAGE, 8).unwrap(), vec![0; 8]);
+    assert_window_safe(&c, n, 0, 0, 2 * MB2, 1 << 20);
+    c.fallocate(n, fh, libc::FALLOC_FL_ZERO_RANGE as u32, 20 * PAGE, PAGE).unwrap();
+    assert_window_safe(&c, n, 0, 0, 2 * MB2, 1 << 20);
+    // COLLAPSE/INSERT need a filesystem that has them (ext4, xfs); skip quietly on others.
+    match c.fallocate(n, fh, libc::FALLOC_FL_COLLAPSE_RANGE as u32, 0, 64 * PAGE) {
+        Ok(()) => assert_window_safe(&c, n, 0, 0, 2 * MB2, 1 << 20),
+        Err(e) => assert_eq!(e, libc::EOPNOTSUPP),
+    }
+    match c.fallocate(n, fh, libc::FALLOC_FL_INSERT_RANGE as u32, 0, 16 * PAGE) {
+        Ok(()) => assert_window_safe(&c, n, 0, 0, 2 * MB2, 1 << 20),
+        Err(e) => assert_eq!(e, libc::EOPNOTSUPP),
+    }
+}
+
+#[test]
+fn writable_mapping_allocates_its_blocks() {
+    let (d, c) = dax_daemon();
+    let (e, fh) = c.create(1, "sparse", libc::O_RDWR | libc::O_CREAT, 0o644).unwrap();
+    c.setattr(e.nodeid, SetattrIn { valid: FATTR_SIZE, size: MB2, ..Default::default() }).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(d.path("sparse")).unwrap().blocks(), 0);
+    c.setupmapping(e.nodeid, 0, MB2, RW, 0).unwrap();
+    assert!(std::fs::metadata(d.path("sparse")).unwrap().blocks() >= MB2 / 512, "I6: blocks allocated");
+    c.release(e.nodeid, fh).unwrap();
+}
+
+#[test]
+fn destroy_unmaps_everything() {
+    let (_d, c) = dax_daemon();
+    let (n, _) = mapped_file(&c, "f", 8192);
+    assert!(!c.vmm.window().pieces().is_empty());
+    c.destroy().unwrap();
+    assert!(c.vmm.window().pieces().is_empty());
+    let _ = n;
+}
+
+#[test]
+fn host_truncate_of_a_leased_file_revokes_before_it_returns() {
+    let (d, c) = dax_daemon();
+    let (n, _fh) = mapped_file(&c, "f", 3 << 20);
+    assert_eq!(c.vmm.window().pieces().len(), 2);
+    // Another opener for write breaks the daemon's lease; the break must have unmapped every
+    // piece before that open returns (a blocking open: coreutils truncate uses O_NONBLOCK and
+    // would get EAGAIN instead of waiting).
+    let f = std::fs::OpenOptions::new().write(true).open(d.path("f")).unwrap();
+    assert!(c.vmm.window().pieces().is_empty(), "pieces still installed after the lease break");
+    f.set_len(5000).unwrap();
+    assert!(c.vmm.window().pieces().is_empty());
+    drop(f);
+    // Once the file is stable again the daemon re-takes the lease and re-installs to EOF.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while c.vmm.window().read(0, 4).unwrap() != pattern_bytes(5, 0, 4) {
+        assert!(std::time::Instant::now() < deadline, "pieces never re-installed:\n{}", d.log());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_window_safe(&c, n, 0, 0, 2 * MB2, 3 << 20);
+    let pieces = c.vmm.window().pieces();
+    assert!(pieces.iter().all(|p| p.fd_offset + p.len <= PAGE * 2), "re-installed only to EOF: {pieces:?}");
+}
