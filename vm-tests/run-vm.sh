@@ -26,6 +26,14 @@
 #   --share DIR          shared directory (default: a fresh temp dir, removed)
 #   --host-check CMD     shell command run on the host after the guest is
 #                        done, with the share dir as $1; failing fails the run
+#   --host-during CMD    shell command run on the host WHILE the guest runs:
+#                        started (with the share dir appended as the last
+#                        argument, output in host-during.log) once the guest
+#                        prints a line `DAXFSD-READY name=...`; when the
+#                        guest is done (DAXFSD-DONE or the VM ended) it gets
+#                        5 s to exit by itself, then it is stopped. Failing
+#                        (exit status != 0), or never being started because
+#                        no READY line came, fails the run
 #   --guest-file SRC[:DEST]  extra file for the initramfs (repeatable; see
 #                        mkinitramfs.sh); static guest programs go here
 #   --initrd FILE        use this initramfs instead of building one
@@ -65,6 +73,7 @@ mount_opts=
 tests=smoke
 share=
 host_check=
+host_during=
 guest_files=()
 initrd=
 kernel=
@@ -109,6 +118,7 @@ while (($#)); do
         --test) tests=$val ;;
         --share) share=$val ;;
         --host-check) host_check=$val ;;
+        --host-during) host_during=$val ;;
         --guest-file) guest_files+=("$val") ;;
         --initrd) initrd=$val ;;
         --kernel) kernel=$val ;;
@@ -168,6 +178,10 @@ share=$(realpath "$share")
 daemon_pid=
 qemu_pid=
 tail_pid=
+host_during_pid=
+host_during_started=0
+host_during_rc=
+host_during_log=$log_dir/host-during.log
 failures=()
 
 # kill_group PID — end a process group we started (its leader is PID),
@@ -189,6 +203,7 @@ cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     [[ -n $qemu_pid ]] && kill_group "$qemu_pid"
+    [[ -n $host_during_pid ]] && kill_group "$host_during_pid"
     [[ -n $daemon_pid ]] && kill_group "$daemon_pid"
     [[ -n $tail_pid ]] && kill_group "$tail_pid"
     rm -rf "$run"
@@ -292,6 +307,35 @@ if ((verbose)); then
 fi
 
 done_seen() { tr -d '\r' <"$serial_log" | grep -aq 'DAXFSD-DONE rc='; }
+ready_seen() { tr -d '\r' <"$serial_log" | grep -aq 'DAXFSD-READY name='; }
+
+# --host-during: start it (own process group) once the guest is ready.
+start_host_during() {
+    host_during_started=1
+    log "host during: $host_during $share"
+    # shellcheck disable=SC2016  # "$@" is expanded by the inner bash
+    setsid bash -c "$host_during"' "$@"' host-during "$share" </dev/null >"$host_during_log" 2>&1 &
+    host_during_pid=$!
+}
+
+# ... and once the guest is done, let it finish (5 s), then stop it.
+stop_host_during() {
+    local i
+    [[ -n $host_during_pid ]] || return 0
+    for ((i = 0; i < 50; i++)); do
+        kill -0 "$host_during_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$host_during_pid" 2>/dev/null; then
+        log "host during: still running when the guest finished; stopping it"
+        kill_group "$host_during_pid"
+    else
+        host_during_rc=0
+        wait "$host_during_pid" || host_during_rc=$?
+        log "host during: exited with status $host_during_rc ($(tail -n 1 "$host_during_log" 2>/dev/null))"
+    fi
+    host_during_pid=
+}
 
 # Watch: the VM ends by itself (poweroff), or the timeout hits, or the
 # daemon dies under a running guest (which would then hang on FUSE requests).
@@ -304,6 +348,12 @@ while kill -0 "$qemu_pid" 2>/dev/null; do
         log "timeout after ${timeout}s, stopping QEMU"
         kill_group "$qemu_pid"
         break
+    fi
+    if [[ -n $host_during ]] && ((!host_during_started)) && ready_seen; then
+        start_host_during
+    fi
+    if [[ -n $host_during_pid ]] && done_seen; then
+        stop_host_during
     fi
     if [[ -z $daemon_rc ]] && ! kill -0 "$daemon_pid" 2>/dev/null; then
         daemon_rc=0
@@ -328,6 +378,7 @@ wait "$qemu_pid" || qemu_rc=$?
 qemu_pid=
 elapsed=$((SECONDS - start))
 [[ -n $tail_pid ]] && { wait "$tail_pid" 2>/dev/null || true; tail_pid=; }
+stop_host_during
 
 # The daemon should exit by itself once the frontend is gone; give it a
 # moment, then stop it (not an error: some daemons keep listening).
@@ -354,6 +405,13 @@ if [[ -n $daemon_rc && $daemon_rc != 0 ]] && ((!daemon_died_early)); then
 fi
 if ((!timed_out && !daemon_died_early && qemu_rc != 0)); then
     failures+=("QEMU exited with status $qemu_rc")
+fi
+if [[ -n $host_during ]]; then
+    if ((!host_during_started)); then
+        failures+=("--host-during never started: the guest printed no DAXFSD-READY line")
+    elif [[ -n $host_during_rc && $host_during_rc != 0 ]]; then
+        failures+=("--host-during command failed (status $host_during_rc)")
+    fi
 fi
 
 clean_serial=$(tr -d '\r' <"$serial_log")
@@ -401,6 +459,10 @@ fi
     cat "$qemu_log"
     echo "==================== daemon log, last 300 lines ($daemon_log) ===================="
     tail -n 300 "$daemon_log"
+    if [[ -n $host_during ]]; then
+        echo "==================== host-during log, last 50 lines ($host_during_log) ===================="
+        tail -n 50 "$host_during_log" 2>/dev/null || true
+    fi
     echo "======================================================================"
 } >&2
 for f in "${failures[@]}"; do

@@ -196,7 +196,12 @@ impl Dax {
         let end = moffset.checked_add(len).ok_or(DaxError::Overflow { moffset, len })?;
         foffset.checked_add(len).ok_or(DaxError::Overflow { moffset, len })?;
         let a = self.inner.align;
-        if len == 0 || end > self.inner.window_len || !moffset.is_multiple_of(a) || !len.is_multiple_of(a) || !foffset.is_multiple_of(a) {
+        if len == 0
+            || end > self.inner.window_len
+            || !moffset.is_multiple_of(a)
+            || !len.is_multiple_of(a)
+            || !foffset.is_multiple_of(a)
+        {
             return Err(DaxError::OutsideWindow { moffset, len });
         }
         Ok(Setup { range: WinRange { start: WinOffset(moffset), len }, foffset: FileOffset(foffset), writable })
@@ -235,11 +240,9 @@ impl Dax {
     ) -> io::Result<T> {
         let st = self.inner.inode(inode);
         let _g = st.sem.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let cut = round_up(new_size, self.inner.align);
-        self.inner.cut(inode, cut)?;
+        self.inner.cut(inode, file, round_up(new_size, self.inner.align))?;
         let result = op();
-        let eof = sys::file_size(file).unwrap_or(0);
-        self.inner.reinstall(inode, round_up(eof, self.inner.align), false)?;
+        self.inner.reinstall(inode, file)?;
         result
     }
 
@@ -250,13 +253,10 @@ impl Dax {
             return;
         }
         let st = self.inner.inode(inode);
-        let _g = st.sem.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Ok(mapper) = self.inner.mapper() else { return };
+        let _g = st.sem.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Ok(true) = self.inner.leases.ensure(inode, file) {
-            let eof = sys::file_size(file.as_fd()).unwrap_or(0);
-            let mut t = self.inner.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            t.unrevoke(inode);
-            if let Err(e) = t.fill(inode, round_up(eof, self.inner.align), false, &*mapper) {
+            self.inner.unrevoke(inode);
+            if let Err(e) = self.inner.reinstall(inode, file.as_fd()) {
                 warn!("cannot re-install inode {}: {e}", inode.0);
             }
         }
@@ -269,9 +269,8 @@ impl Dax {
             return Ok(());
         }
         let st = self.inner.inode(inode);
-        let _g = st.sem.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let eof = sys::file_size(file)?;
-        self.inner.reinstall(inode, round_up(eof, self.inner.align), true).map_err(io::Error::from)
+        let _g = st.sem.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.inner.reinstall(inode, file).map_err(io::Error::from)
     }
 
     /// I6 after a punch: ranges of writable mappings that became sparse are allocated again.
@@ -323,40 +322,72 @@ impl Inner {
         self.table.lock().map(|t| t.has_cut(inode)).unwrap_or(false)
     }
 
+    /// Runs `f(valid_end)` with the file extended to the page boundary past its EOF, so the
+    /// frontend accepts a map of the page holding EOF (QEMU 11.1 refuses maps past the file's
+    /// size), then cuts it back and restores its mtime. `valid_end` is that page boundary.
+    /// Callers hold the inode's semaphore exclusively (WRITE and GETATTR take it shared, so
+    /// neither sees the padded size) and a lease keeps other openers out.
+    fn padded<T>(&self, file: BorrowedFd<'_>, f: impl FnOnce(u64) -> Result<T, DaxError>) -> Result<T, DaxError> {
+        let eof = sys::file_size(file).map_err(DaxError::Host)?;
+        let end = round_up(eof, self.align);
+        if end == eof {
+            return f(end);
+        }
+        let mtime = sys::mtime(file).map_err(DaxError::Host)?;
+        sys::ftruncate(file, end).map_err(DaxError::Host)?;
+        let r = f(end);
+        if let Err(e) = sys::ftruncate(file, eof).and_then(|()| sys::set_mtime(file, mtime)) {
+            log::error!("cannot restore the size {eof} after mapping the EOF page: {e}");
+        }
+        r
+    }
+
     fn setup(&self, inode: InodeId, file: &Arc<OwnedFd>, s: Setup) -> Result<(), DaxError> {
         let st = self.inode(inode);
-        let _g = st.sem.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Exclusive: the EOF page may need the padded map below; the guest serializes its own
+        // SETUPMAPPINGs per inode anyway.
+        let _g = st.sem.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mapper = self.mapper()?;
-        let eof = sys::file_size(file.as_fd()).map_err(DaxError::Host)?;
         match self.leases.ensure(inode, file) {
             Ok(false) => {}
             Ok(true) => {
                 // The file is stable again after a lease break: re-install to EOF first.
-                let mut t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                t.unrevoke(inode);
-                t.fill(inode, round_up(eof, self.align), false, &*mapper)?;
+                self.unrevoke(inode);
+                self.reinstall(inode, file.as_fd())?;
             }
             Err(e) if self.policy == LeasePolicy::Require => return Err(DaxError::Unprotected(e)),
             Err(e) => debug!("mapping inode {} without a lease: {e}", inode.0),
         }
-        if s.writable && s.foffset.0 < eof {
+        let eof = sys::file_size(file.as_fd()).map_err(DaxError::Host)?;
+        let start = s.foffset.0;
+        // I1: map writable from the start whenever the file allows, so the guest's read->write
+        // upgrade (same offsets) needs no unmap+map.
+        let writable = s.writable || sys::is_writable(file.as_fd()).unwrap_or(false);
+        if writable && start < eof {
             // I6: a write fault into a hole would SIGBUS the VM on ENOSPC; fail here instead.
-            let len = s.range.len.min(eof - s.foffset.0);
-            sys::fallocate_keep_size(file.as_fd(), s.foffset.0, len).map_err(DaxError::Host)?;
+            // Allocation is no modification: keep the mtime fallocate would bump.
+            let mtime = sys::mtime(file.as_fd()).map_err(DaxError::Host)?;
+            let len = s.range.len.min(eof - start);
+            sys::fallocate_keep_size(file.as_fd(), start, len).map_err(DaxError::Host)?;
+            sys::set_mtime(file.as_fd(), mtime).map_err(DaxError::Host)?;
         }
         let mut t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if t.has_same(inode, s.range, s.foffset, s.writable) {
+            return Ok(());
+        }
         t.remove_overlapping(s.range.start, s.range.start.0 + s.range.len, &*mapper)?;
-        mapper.map(s.range, file.as_fd(), s.foffset, s.writable)?;
-        let piece = Piece { start: s.range.start, len: s.range.len };
-        t.insert(Mapping {
-            inode,
-            file: Arc::clone(file),
-            range: s.range,
-            foffset: s.foffset,
-            writable: s.writable,
-            pieces: vec![piece],
-            revoked: false,
-        });
+        // Install up to the page holding EOF (valid); never a page wholly past EOF.
+        let pieces = self.padded(file.as_fd(), |valid_end| {
+            let installed = valid_end.saturating_sub(start).min(s.range.len);
+            if installed == 0 {
+                return Ok(Vec::new());
+            }
+            let range = WinRange { start: s.range.start, len: installed };
+            mapper.map(range, file.as_fd(), s.foffset, writable)?;
+            Ok(vec![Piece { start: s.range.start, len: installed }])
+        })?;
+        let file = Arc::clone(file);
+        t.insert(Mapping { inode, file, range: s.range, foffset: s.foffset, writable, pieces, revoked: false });
         Ok(())
     }
 
@@ -382,16 +413,31 @@ impl Inner {
         }
     }
 
-    fn cut(&self, inode: InodeId, cut: u64) -> Result<(), DaxError> {
+    /// I4 before a shrink; the kept part is re-mapped while the file still has its old size.
+    fn cut(&self, inode: InodeId, file: BorrowedFd<'_>, cut: u64) -> Result<(), DaxError> {
         let Ok(mapper) = self.mapper() else { return Ok(()) };
         let mut t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        t.cut(inode, cut, &*mapper)
+        if !t.crosses(inode, cut) {
+            return Ok(());
+        }
+        self.padded(file, |_| t.cut(inode, cut, &*mapper))
     }
 
-    fn reinstall(&self, inode: InodeId, valid_end: u64, whole: bool) -> Result<(), DaxError> {
+    /// Installs every mapping of `inode` up to the page holding the current EOF (I3, I4, I5).
+    fn reinstall(&self, inode: InodeId, file: BorrowedFd<'_>) -> Result<(), DaxError> {
         let Ok(mapper) = self.mapper() else { return Ok(()) };
         let mut t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        t.fill(inode, valid_end, whole, &*mapper)
+        let eof = sys::file_size(file).map_err(DaxError::Host)?;
+        if !t.needs_fill(inode, round_up(eof, self.align)) {
+            return Ok(());
+        }
+        self.padded(file, |valid_end| t.fill(inode, valid_end, &*mapper))
+    }
+
+    fn unrevoke(&self, inode: InodeId) {
+        if let Ok(mut t) = self.table.lock() {
+            t.unrevoke(inode);
+        }
     }
 
     fn writable_file_ranges(&self, inode: InodeId) -> Vec<(u64, u64)> {
@@ -415,11 +461,8 @@ impl Inner {
     fn restore(&self, inode: InodeId, file: BorrowedFd<'_>) -> bool {
         let st = self.inode(inode);
         let _g = st.sem.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Ok(mapper) = self.mapper() else { return false };
-        let eof = sys::file_size(file).unwrap_or(0);
-        let mut t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        t.unrevoke(inode);
-        match t.fill(inode, round_up(eof, self.align), false, &*mapper) {
+        self.unrevoke(inode);
+        match self.reinstall(inode, file) {
             Ok(()) => true,
             Err(e) => {
                 warn!("cannot re-install inode {} after a lease break: {e}", inode.0);

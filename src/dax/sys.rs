@@ -31,6 +31,30 @@ pub fn file_size(fd: BorrowedFd<'_>) -> io::Result<u64> {
     u64::try_from(st.st_size).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))
 }
 
+/// ftruncate(2).
+pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> io::Result<()> {
+    let size = libc::off_t::try_from(size).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: plain syscall on a borrowed fd.
+    check(unsafe { libc::ftruncate(fd.as_raw_fd(), size) }).map(drop)
+}
+
+/// The file's mtime.
+pub fn mtime(fd: BorrowedFd<'_>) -> io::Result<libc::timespec> {
+    let mut st = MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: `st` is a writable stat buffer; the fd is borrowed for the call.
+    check(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstat succeeded and filled the (zeroed) buffer.
+    let st = unsafe { st.assume_init() };
+    Ok(libc::timespec { tv_sec: st.st_mtime, tv_nsec: st.st_mtime_nsec })
+}
+
+/// Sets the mtime, leaving atime alone.
+pub fn set_mtime(fd: BorrowedFd<'_>, mtime: libc::timespec) -> io::Result<()> {
+    let times = [libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT }, mtime];
+    // SAFETY: `times` points at two timespecs, as futimens requires.
+    check(unsafe { libc::futimens(fd.as_raw_fd(), times.as_ptr()) }).map(drop)
+}
+
 /// fallocate(FALLOC_FL_KEEP_SIZE): allocates blocks without changing the size (I6).
 pub fn fallocate_keep_size(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
     let inval = || io::Error::from_raw_os_error(libc::EINVAL);
@@ -38,6 +62,13 @@ pub fn fallocate_keep_size(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Res
     let len = libc::off_t::try_from(len).map_err(|_| inval())?;
     // SAFETY: plain syscall on a borrowed fd.
     check(unsafe { libc::fallocate(fd.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, offset, len) }).map(drop)
+}
+
+/// Whether `fd` was opened for writing.
+pub fn is_writable(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    // SAFETY: plain fcntl on a borrowed fd.
+    let fl = check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    Ok(fl & libc::O_ACCMODE != libc::O_RDONLY)
 }
 
 /// The signal lease breaks are delivered with.

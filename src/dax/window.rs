@@ -95,9 +95,12 @@ impl Table {
         self.maps.values_mut().filter(move |m| m.inode == inode)
     }
 
-    /// I4: unmaps every piece of `inode` that reaches file offset `cut` or beyond.
+    /// I4: unmaps every piece of `inode` that reaches file offset `cut` or beyond, then
+    /// re-installs the part below `cut` at once, while the file is still long enough for the
+    /// frontend to accept it (QEMU 11.1 refuses maps past the file's size).
     pub fn cut(&mut self, inode: InodeId, cut: u64, mapper: &dyn Mapper) -> Result<(), DaxError> {
         for m in self.of(inode) {
+            let before = m.covered();
             while let Some(p) = m.pieces.last().copied() {
                 let file_end = m.foffset.0 + (p.start.0 - m.range.start.0) + p.len;
                 if file_end <= cut {
@@ -107,14 +110,45 @@ impl Table {
                 trace!("cut: unmapped piece {:#x}+{:#x}", p.start.0, p.len);
                 m.pieces.pop();
             }
+            let keep = cut.saturating_sub(m.foffset.0).min(before);
+            let covered = m.covered();
+            if keep > covered && !m.revoked {
+                let piece = Piece { start: WinOffset(m.range.start.0 + covered), len: keep - covered };
+                mapper.map(
+                    WinRange { start: piece.start, len: piece.len },
+                    m.file.as_fd(),
+                    FileOffset(m.foffset.0 + covered),
+                    m.writable,
+                )?;
+                m.pieces.push(piece);
+            }
         }
         Ok(())
     }
 
+    /// Whether `fill(inode, valid_end)` would install anything.
+    pub fn needs_fill(&self, inode: InodeId, valid_end: u64) -> bool {
+        self.maps.values().any(|m| {
+            m.inode == inode && !m.revoked && valid_end.saturating_sub(m.foffset.0).min(m.range.len) > m.covered()
+        })
+    }
+
+    /// Whether some installed piece of `inode` reaches file offset `cut` or beyond.
+    pub fn crosses(&self, inode: InodeId, cut: u64) -> bool {
+        self.maps.values().any(|m| m.inode == inode && m.foffset.0 + m.covered() > cut)
+    }
+
+    /// Whether `inode` already has exactly this mapping, writable if `writable` is asked.
+    pub fn has_same(&self, inode: InodeId, range: WinRange, foffset: FileOffset, writable: bool) -> bool {
+        self.maps.get(&range.start.0).is_some_and(|m| {
+            m.inode == inode && m.range == range && m.foffset == foffset && (m.writable || !writable) && !m.revoked
+        })
+    }
+
     /// Installs, for every mapping of `inode` that is not revoked and whose covered part ends
-    /// before file offset `valid_end`, one adjacent piece: up to `valid_end` (clamped to the
-    /// mapping), or to the mapping's end when `whole` (I3: the rest of a shortened slot).
-    pub fn fill(&mut self, inode: InodeId, valid_end: u64, whole: bool, mapper: &dyn Mapper) -> Result<(), DaxError> {
+    /// before file offset `valid_end`, one adjacent piece up to `valid_end` (clamped to the
+    /// mapping). I3: this re-grows a shortened slot.
+    pub fn fill(&mut self, inode: InodeId, valid_end: u64, mapper: &dyn Mapper) -> Result<(), DaxError> {
         for m in self.of(inode) {
             if m.revoked {
                 continue;
@@ -124,7 +158,6 @@ impl Table {
             if want <= covered {
                 continue;
             }
-            let want = if whole { m.range.len } else { want };
             let piece = Piece { start: WinOffset(m.range.start.0 + covered), len: want - covered };
             let foffset = FileOffset(m.foffset.0 + covered);
             mapper.map(WinRange { start: piece.start, len: piece.len }, m.file.as_fd(), foffset, m.writable)?;

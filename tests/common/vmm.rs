@@ -607,6 +607,11 @@ impl Window {
         let fd_offset = libc::off_t::try_from(req.fd_offset).map_err(|_| einval())?;
         // SAFETY: borrowed only for the duration of this call, during which the caller keeps it open.
         let meta = File::from(unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?).metadata()?;
+        // QEMU 11.1 backs each map with a RAM region made from the fd, which refuses a file
+        // smaller than offset + size ("backing store size ... is too small"): measured in a VM.
+        if meta.len() > 0 && meta.len() < req.fd_offset.saturating_add(len) {
+            return Err(einval());
+        }
         let addr = (self.base as u64 + start) as *mut libc::c_void;
         // SAFETY: the range lies in our reservation (checked) and under no piece, so MAP_FIXED
         // replaces only our own zero pages, which nothing in Rust refers to.

@@ -84,6 +84,17 @@ impl Passthrough {
         self.reopen(inode, flags).map(IoFd::Own)
     }
 
+    /// statx of an inode; for DAX inodes under the shared semaphore, so it never sees the
+    /// size padded for a moment while the EOF page is mapped.
+    pub(super) fn dax_stat(&self, inode: &Inode) -> io::Result<(crate::fs::Attr, u64)> {
+        match self.dax_session() {
+            Some(dax) if inode.dax_file.lock().is_ok_and(|f| f.is_some()) => {
+                dax.shared(InodeId(inode.nodeid.0), || sys::statx(inode.path_fd()))
+            }
+            _ => sys::statx(inode.path_fd()),
+        }
+    }
+
     /// Truncates a DAX inode: shrinks go through the window's cut/re-install (I4).
     pub(super) fn dax_truncate(&self, inode: &Inode, file: BorrowedFd<'_>, size: u64) -> io::Result<()> {
         let Some(dax) = self.dax_session() else { return sys::ftruncate(file, size) };

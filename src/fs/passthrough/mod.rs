@@ -256,7 +256,7 @@ impl Filesystem for Passthrough {
 
     fn getattr(&self, _ctx: &Context, node: NodeId, _fh: Option<HandleId>) -> io::Result<(Attr, Duration)> {
         let inode = self.inode(node)?;
-        let (attr, mnt_id) = sys::statx(inode.path_fd())?;
+        let (attr, mnt_id) = self.dax_stat(&inode)?;
         Ok((self.decorate(attr, mnt_id, None), self.cfg.cache.timeout()))
     }
 

@@ -90,20 +90,13 @@ pub fn parse(prog: &str, about: &str, opts: &[Opt], argv: impl IntoIterator<Item
             values.entry(o.name).or_insert_with(|| d.to_owned());
         }
     }
-    Ok(Parsed::Run(Args {
-        mount: mount.unwrap_or_else(|| PathBuf::from("/mnt")),
-        values,
-        flags,
-    }))
+    Ok(Parsed::Run(Args { mount: mount.unwrap_or_else(|| PathBuf::from("/mnt")), values, flags }))
 }
 
 impl Args {
     /// The value of a declared option.
     pub fn str(&self, name: &str) -> Result<&str> {
-        self.values
-            .get(name)
-            .map(String::as_str)
-            .ok_or_else(|| Error(format!("option --{name} is not declared")))
+        self.values.get(name).map(String::as_str).ok_or_else(|| Error(format!("option --{name} is not declared")))
     }
 
     /// A declared boolean flag.

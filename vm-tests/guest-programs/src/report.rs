@@ -94,10 +94,7 @@ const MAX_DETAIL: usize = 600;
 /// One line of free text: control characters become spaces, long text is
 /// cut (on a character boundary).
 pub fn one_line(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
+    let mut out: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     if out.len() > MAX_DETAIL {
         let mut cut = MAX_DETAIL;
         while !out.is_char_boundary(cut) {
@@ -120,11 +117,7 @@ fn emit(line: &str) {
 
 /// `DAXFSD-RESULT name=NAME status=... detail=...`
 pub fn result(name: &str, status: Status, detail: &str) {
-    emit(&format!(
-        "DAXFSD-RESULT name={name} status={} detail={}",
-        status.word(),
-        one_line(detail)
-    ));
+    emit(&format!("DAXFSD-RESULT name={name} status={} detail={}", status.word(), one_line(detail)));
 }
 
 /// `DAXFSD-INFO text`
@@ -186,8 +179,5 @@ impl Tally {
 
 /// Is this the "not supported" error of an optional feature?
 pub fn is_unsupported(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::ENOTTY)
-    )
+    matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::ENOTTY))
 }

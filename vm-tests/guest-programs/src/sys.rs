@@ -83,11 +83,7 @@ pub fn listxattr(path: &Path) -> io::Result<Vec<String>> {
     // SAFETY: valid C string; buf is writable for buf.len() bytes.
     let r = unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast::<libc::c_char>(), buf.len()) };
     buf.truncate(cvt_size(r)?);
-    Ok(buf
-        .split(|&b| b == 0)
-        .filter(|s| !s.is_empty())
-        .map(|s| String::from_utf8_lossy(s).into_owned())
-        .collect())
+    Ok(buf.split(|&b| b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect())
 }
 
 /// removexattr(2).
@@ -147,19 +143,15 @@ pub fn link_fd(f: &File, new: &Path) -> io::Result<()> {
     let from = cstr(format!("/proc/self/fd/{}", f.as_raw_fd()))?;
     let to = cstr(new)?;
     // SAFETY: valid C strings.
-    cvt(unsafe {
-        libc::linkat(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::AT_SYMLINK_FOLLOW)
-    })
-    .map(drop)
+    cvt(unsafe { libc::linkat(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::AT_SYMLINK_FOLLOW) })
+        .map(drop)
 }
 
 /// utimensat(2) (no flags): set atime and mtime to (sec, nsec).
 pub fn utimens(path: &Path, atime: (i64, i64), mtime: (i64, i64)) -> io::Result<()> {
     let p = cstr(path)?;
-    let ts = [
-        libc::timespec { tv_sec: atime.0, tv_nsec: atime.1 },
-        libc::timespec { tv_sec: mtime.0, tv_nsec: mtime.1 },
-    ];
+    let ts =
+        [libc::timespec { tv_sec: atime.0, tv_nsec: atime.1 }, libc::timespec { tv_sec: mtime.0, tv_nsec: mtime.1 }];
     // SAFETY: valid C string and a two-element timespec array.
     cvt(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), ts.as_ptr(), 0) }).map(drop)
 }
@@ -169,6 +161,24 @@ pub fn mkfifo(path: &Path, mode: u32) -> io::Result<()> {
     let p = cstr(path)?;
     // SAFETY: valid C string.
     cvt(unsafe { libc::mkfifo(p.as_ptr(), mode) }).map(drop)
+}
+
+/// The size as the server has it: statx(AT_STATX_FORCE_SYNC) makes a
+/// network/FUSE file system ask instead of using cached attributes.
+pub fn statx_size_sync(path: &Path) -> io::Result<u64> {
+    let p = cstr(path)?;
+    // SAFETY: statx is plain data; all-zero is a valid value.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and a writable statx buffer.
+    cvt(unsafe { libc::statx(libc::AT_FDCWD, p.as_ptr(), libc::AT_STATX_FORCE_SYNC, libc::STATX_SIZE, &mut stx) })?;
+    Ok(stx.stx_size)
+}
+
+/// sync_file_range(SYNC_FILE_RANGE_WRITE) of the whole file: start
+/// writeback of dirty pages without waiting for it.
+pub fn start_writeback(f: &File) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    cvt(unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) }).map(drop)
 }
 
 /// One directory entry from getdents64.
@@ -202,9 +212,8 @@ pub fn getdents_all(dir: &File, bufsize: usize) -> io::Result<(Vec<Dirent>, usiz
         while pos + HDR <= n {
             let rec = buf.get(pos..n).ok_or_else(|| io::Error::other("getdents64: bad record"))?;
             let ino = u64::from_ne_bytes(rec.get(0..8).and_then(|s| s.try_into().ok()).unwrap_or([0; 8]));
-            let reclen = usize::from(u16::from_ne_bytes(
-                rec.get(16..18).and_then(|s| s.try_into().ok()).unwrap_or([0; 2]),
-            ));
+            let reclen =
+                usize::from(u16::from_ne_bytes(rec.get(16..18).and_then(|s| s.try_into().ok()).unwrap_or([0; 2])));
             let kind = rec.get(18).copied().unwrap_or(0);
             if reclen < HDR || reclen > rec.len() {
                 return Err(io::Error::other(format!("getdents64: bad reclen {reclen}")));

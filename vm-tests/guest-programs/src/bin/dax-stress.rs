@@ -127,7 +127,13 @@ struct Shared {
     /// Per kind: false once the daemon said "not supported".
     enabled: Vec<AtomicBool>,
     disabled_why: std::sync::Mutex<Vec<String>>,
+    /// Recent operations of all threads, in the order they were logged
+    /// (mutators log under the file's exclusive lock, so per file the order
+    /// of mutations is exact): (thread, file, text).
+    log: std::sync::Mutex<std::collections::VecDeque<(u64, usize, String)>>,
 }
+
+const LOG_KEEP: usize = 4000;
 
 #[derive(Debug, Default, Clone)]
 struct Stats {
@@ -235,28 +241,37 @@ fn compare(what: &str, got: &[u8], want: &[u8], off: usize) -> Result<()> {
     Ok(())
 }
 
+/// What a mapped read saw: `buf` read from file offset `off`, ending as `r`.
+struct Seen<'a> {
+    off: usize,
+    buf: &'a [u8],
+    r: Copied,
+}
+
 struct Worker<'a> {
     sh: &'a Shared,
     rng: Rng,
     stats: Stats,
-    log: Vec<String>,
+    thread: u64,
+    last_file: usize,
 }
 
 impl Worker<'_> {
     fn note(&mut self, s: String) {
-        if self.log.len() >= 12 {
-            self.log.remove(0);
+        if let Ok(mut log) = self.sh.log.lock() {
+            if log.len() >= LOG_KEEP {
+                log.pop_front();
+            }
+            log.push_back((self.thread, self.last_file, s));
         }
-        self.log.push(s);
     }
 
     fn disable(&self, k: Kind, why: String) {
-        if let Some(e) = self.sh.enabled.get(kind_index(k)) {
-            if e.swap(false, Ordering::Relaxed)
-                && let Ok(mut v) = self.sh.disabled_why.lock()
-            {
-                v.push(why);
-            }
+        if let Some(e) = self.sh.enabled.get(kind_index(k))
+            && e.swap(false, Ordering::Relaxed)
+            && let Ok(mut v) = self.sh.disabled_why.lock()
+        {
+            v.push(why);
         }
     }
 
@@ -284,6 +299,7 @@ impl Worker<'_> {
     fn op(&mut self, fi: usize, k: Kind) -> Result<()> {
         let sh = self.sh;
         let f = sh.files.get(fi).ok_or("bad file index")?;
+        self.last_file = fi;
         match k {
             Kind::MapRead => {
                 let m = f.read()?;
@@ -299,18 +315,28 @@ impl Worker<'_> {
                 let mut buf = vec![0u8; len];
                 let mut done = 0;
                 while done < len {
-                    let n = f
-                        .fd
-                        .read_at(buf.get_mut(done..).unwrap_or_default(), (off + done) as u64)
-                        .with_ctx(|| format!("pread f{fi} {off:#x}+{len:#x}"))?;
+                    let n =
+                        f.fd.read_at(buf.get_mut(done..).unwrap_or_default(), (off + done) as u64)
+                            .with_ctx(|| format!("pread f{fi} {off:#x}+{len:#x}"))?;
                     if n == 0 {
                         break;
                     }
                     done += n;
                 }
                 let want = m.size.saturating_sub(off).min(len);
-                ensure!(done == want, "pread f{fi} {off:#x}+{len:#x}: {done} bytes, want {want} (size {:#x})", m.size);
-                compare("pread", buf.get(..done).unwrap_or_default(), m.data.get(off..off + done).unwrap_or_default(), off)?;
+                if done != want {
+                    let st = f.fd.metadata().map(|m| m.len()).unwrap_or(0);
+                    bail!(
+                        "pread f{fi} {off:#x}+{len:#x}: {done} bytes, want {want} (model size {:#x}, fstat size {st:#x})",
+                        m.size
+                    );
+                }
+                compare(
+                    "pread",
+                    buf.get(..done).unwrap_or_default(),
+                    m.data.get(off..off + done).unwrap_or_default(),
+                    off,
+                )?;
             }
             Kind::MapWrite => {
                 let mut g = f.write()?;
@@ -446,10 +472,11 @@ impl Worker<'_> {
         let map = f.map.as_ref().ok_or("no mapping")?;
         let mut buf = vec![0u8; len];
         let r = probe::read(map, off, &mut buf)?;
-        self.check_exact(f, m, off, &buf, r, what)
+        self.check_exact(f, m, Seen { off, buf: &buf, r }, what)
     }
 
-    fn check_exact(&mut self, f: &FileState, m: &Model, off: usize, buf: &[u8], r: Copied, what: &str) -> Result<()> {
+    fn check_exact(&mut self, f: &FileState, m: &Model, seen: Seen<'_>, what: &str) -> Result<()> {
+        let Seen { off, buf, r } = seen;
         let valid_end = round_up(m.size, self.sh.page);
         let end = off + buf.len();
         let done = match r {
@@ -489,9 +516,9 @@ impl Worker<'_> {
         let m = f.read()?;
         let s2 = f.seq.load(Ordering::Acquire);
         self.note(format!("racy_mread f{fi} {off:#x}+{len:#x} seq {s1}->{s2} size {:#x}", m.size));
-        if s1 % 2 == 0 && s1 == s2 {
+        if s1.is_multiple_of(2) && s1 == s2 {
             self.stats.racy_exact += 1;
-            return self.check_exact(f, &m, off, &buf, r, "racy_mread(stable)");
+            return self.check_exact(f, &m, Seen { off, buf: &buf, r }, "racy_mread(stable)");
         }
         drop(m);
         self.stats.racy_weak += 1;
@@ -514,6 +541,15 @@ impl Worker<'_> {
             );
         }
         Ok(())
+    }
+}
+
+/// The last 40 logged operations on file `fi` (and drop_caches).
+fn print_log(sh: &Shared, fi: usize) {
+    let Ok(log) = sh.log.lock() else { return };
+    let mine: Vec<_> = log.iter().filter(|(_, f, s)| *f == fi || s.starts_with("drop_caches")).collect();
+    for (t, _, s) in mine.iter().skip(mine.len().saturating_sub(40)) {
+        report::info(&format!("{NAME} op log (thread {t}): {s}"));
     }
 }
 
@@ -592,13 +628,14 @@ fn setup(mount: &std::path::Path, dir: &str, nfiles: usize, max: usize) -> Resul
 }
 
 fn run() -> Result<i32> {
-    let args = match args::parse(NAME, "mmap fault/truncate/punch stress with data checks", OPTS, std::env::args().skip(1))? {
-        Parsed::Help(u) => {
-            print!("{u}");
-            return Ok(0);
-        }
-        Parsed::Run(a) => a,
-    };
+    let args =
+        match args::parse(NAME, "mmap fault/truncate/punch stress with data checks", OPTS, std::env::args().skip(1))? {
+            Parsed::Help(u) => {
+                print!("{u}");
+                return Ok(0);
+            }
+            Parsed::Run(a) => a,
+        };
     probe::install()?;
     let page = sys::page_size();
     let (seed, ops, threads) = (args.u64("seed")?, args.u64("ops")?, args.u64("threads")?.max(1));
@@ -618,6 +655,7 @@ fn run() -> Result<i32> {
         stop: AtomicBool::new(false),
         enabled: KINDS.iter().map(|_| AtomicBool::new(true)).collect(),
         disabled_why: std::sync::Mutex::new(Vec::new()),
+        log: std::sync::Mutex::new(std::collections::VecDeque::new()),
     };
     let t0 = Instant::now();
     let mut total = Stats::default();
@@ -628,23 +666,22 @@ fn run() -> Result<i32> {
                 let sh = &sh;
                 let n = ops / threads + u64::from(t < ops % threads);
                 s.spawn(move || {
-                    let mut w = Worker { sh, rng: Rng::stream(seed, t), stats: Stats::default(), log: Vec::new() };
+                    let mut w =
+                        Worker { sh, rng: Rng::stream(seed, t), stats: Stats::default(), thread: t, last_file: 0 };
                     let r = w.run(n);
                     if r.is_err() {
                         sh.stop.store(true, Ordering::Relaxed);
                     }
-                    (t, r, w.stats, w.log)
+                    (t, r, w.stats, w.last_file)
                 })
             })
             .collect();
         for h in handles {
             match h.join() {
-                Ok((t, r, st, log)) => {
+                Ok((t, r, st, fi)) => {
                     total.add(&st);
                     if let Err(e) = r {
-                        for l in &log {
-                            report::info(&format!("{NAME} thread {t} op log: {l}"));
-                        }
+                        print_log(&sh, fi);
                         failure.get_or_insert(format!("thread {t}: {e}"));
                     }
                 }

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 
-
 use guest::report::{Outcome, is_unsupported};
 use guest::sys::{self, errno_name};
 use guest::{Context, Result, bail, ensure};
@@ -21,13 +20,7 @@ fn pass() -> Result<Outcome> {
 /// Create, O_EXCL, append, holes, unlink-while-open, ENOENT, times, FIFOs.
 pub fn files(c: &Ctx) -> Result<Outcome> {
     let p = c.work.join("f1");
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(&p)
-        .ctx("create O_EXCL f1")?;
+    let f = OpenOptions::new().read(true).write(true).create_new(true).mode(0o644).open(&p).ctx("create O_EXCL f1")?;
     expect_errno(OpenOptions::new().write(true).create_new(true).open(&p), &[EEXIST], "O_EXCL on existing")?;
     f.write_all_at(b"hello", 0).ctx("write")?;
     {
@@ -242,8 +235,16 @@ pub fn xattr(c: &Ctx) -> Result<Outcome> {
     same("getxattr", &sys::getxattr(&f, "user.daxfsd.test").ctx("getxattr")?, b"value1")?;
     let names = sys::listxattr(&f).ctx("listxattr")?;
     ensure!(names.iter().any(|n| n == "user.daxfsd.test"), "listxattr: {names:?} lacks user.daxfsd.test");
-    expect_errno(sys::setxattr(&f, "user.daxfsd.test", b"v", libc::XATTR_CREATE), &[EEXIST], "XATTR_CREATE on existing")?;
-    expect_errno(sys::setxattr(&f, "user.daxfsd.none", b"v", libc::XATTR_REPLACE), &[ENODATA], "XATTR_REPLACE on missing")?;
+    expect_errno(
+        sys::setxattr(&f, "user.daxfsd.test", b"v", libc::XATTR_CREATE),
+        &[EEXIST],
+        "XATTR_CREATE on existing",
+    )?;
+    expect_errno(
+        sys::setxattr(&f, "user.daxfsd.none", b"v", libc::XATTR_REPLACE),
+        &[ENODATA],
+        "XATTR_REPLACE on missing",
+    )?;
     sys::setxattr(&f, "user.daxfsd.test", b"value2", libc::XATTR_REPLACE).ctx("XATTR_REPLACE")?;
     same("replaced value", &sys::getxattr(&f, "user.daxfsd.test").ctx("getxattr")?, b"value2")?;
     let big: Vec<u8> = (0..4000u32).map(|i| (i % 251) as u8).collect();
@@ -324,6 +325,7 @@ pub fn readdir(c: &Ctx) -> Result<Outcome> {
     }
     fs::create_dir(d.join("subdir")).ctx("mkdir subdir")?;
     want.push("subdir".into());
+    write_file(&c.keep.join("many-count"), format!("{}\n", want.len()).as_bytes())?;
     let check = |how: &str, seen: Vec<String>| -> Result<()> {
         let mut count: HashMap<&str, usize> = HashMap::new();
         for n in &seen {
@@ -388,4 +390,3 @@ pub fn statfs(c: &Ctx) -> Result<Outcome> {
         st.f_bsize, st.f_blocks, st.f_bfree, st.f_files, st.f_namelen
     )))
 }
-

@@ -109,6 +109,7 @@ pub fn mmap(c: &Ctx) -> Result<Outcome> {
     let map = match Mapping::new(&f, 0, 5 * page, true) {
         Ok(m) => m,
         Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {
+            write_file(&c.keep.join("mmap-unsupported"), b"")?;
             return Ok(Outcome::Skip("mmap MAP_SHARED: ENODEV (direct-io file without mmap support)".into()));
         }
         Err(e) => bail!("mmap: {e}"),
@@ -140,6 +141,43 @@ pub fn mmap(c: &Ctx) -> Result<Outcome> {
     eq("keep write", probe::write(&km, 0, &text)?, Copied::All)?;
     km.msync().ctx("msync keep")?;
     Ok(Outcome::Pass(String::new()))
+}
+
+/// A write through a shared mapping, its writeback started, then an
+/// open(O_TRUNC): once the open returned the file is empty, and it must
+/// stay empty — the earlier write must not land after the truncation.
+pub fn mmap_then_otrunc(c: &Ctx) -> Result<Outcome> {
+    let p = c.work.join("mo");
+    let mut resurrected = Vec::new();
+    for i in 0..c.otrunc_rounds {
+        let f = write_file(&p, b"")?;
+        f.set_len(1 << 20).ctx("ftruncate 1M")?;
+        let map = match Mapping::new(&f, 0, 1 << 20, true) {
+            Ok(m) => m,
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {
+                return Ok(Outcome::Skip("mmap MAP_SHARED: ENODEV".into()));
+            }
+            Err(e) => bail!("mmap: {e}"),
+        };
+        eq("mapped write", probe::write(&map, 512 * 1024 + 100, &[b'x'; 4000])?, Copied::All)?;
+        sys::start_writeback(&f).ctx("sync_file_range")?;
+        drop(File::create(&p).ctx("open O_TRUNC")?);
+        drop(map);
+        drop(f);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let size = sys::statx_size_sync(&p).ctx("statx")?;
+        if size != 0 {
+            resurrected.push(format!("round {i}: size {size:#x}"));
+        }
+    }
+    ensure!(
+        resurrected.is_empty(),
+        "{} of {} rounds: size not 0 after open(O_TRUNC) ({})",
+        resurrected.len(),
+        c.otrunc_rounds,
+        resurrected.join(", ")
+    );
+    Ok(Outcome::Pass(format!("{} rounds", c.otrunc_rounds)))
 }
 
 /// Result of one fallocate call: Ok(None) done, Ok(Some(skip)) unsupported.

@@ -26,6 +26,7 @@ const NAME: &str = "posix-smoke";
 const OPTS: &[Opt] = &[
     Opt { name: "dir-entries", default: Some("2000"), help: "files in the large directory read back with readdir" },
     Opt { name: "big-size", default: Some("8M"), help: "bytes written and read back by the bigio check" },
+    Opt { name: "otrunc-rounds", default: Some("50"), help: "rounds of the mmap_then_otrunc check" },
     Opt { name: "only", default: Some(""), help: "comma-separated checks to run (default: all)" },
     Opt { name: "list", default: None, help: "list the checks and exit" },
 ];
@@ -40,6 +41,8 @@ pub struct Ctx {
     pub dir_entries: usize,
     /// --big-size.
     pub big_size: usize,
+    /// --otrunc-rounds.
+    pub otrunc_rounds: usize,
 }
 
 type Check = fn(&Ctx) -> Result<Outcome>;
@@ -61,6 +64,7 @@ const CHECKS: &[(&str, Check)] = &[
     ("fsync", io_ops::fsync),
     ("bigio", io_ops::bigio),
     ("mmap", io_ops::mmap),
+    ("mmap_then_otrunc", io_ops::mmap_then_otrunc),
     ("fallocate.default", io_ops::falloc_default),
     ("fallocate.keep_size", io_ops::falloc_keep_size),
     ("fallocate.punch_hole", io_ops::falloc_punch_hole),
@@ -91,12 +95,7 @@ fn run() -> Result<i32> {
         }
         return Ok(0);
     }
-    let only: Vec<String> = args
-        .str("only")?
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
+    let only: Vec<String> = args.str("only")?.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect();
     if let Some(bad) = only.iter().find(|o| !CHECKS.iter().any(|(n, _)| n == o)) {
         guest::bail!("--only: no check named {bad:?} (see --list)");
     }
@@ -109,6 +108,7 @@ fn run() -> Result<i32> {
         std::fs::create_dir(d).with_ctx(|| format!("mkdir {}", d.display()))?;
     }
     let mut tally = Tally::default();
+    let mut times = Vec::new();
     for (name, check) in CHECKS {
         if !only.is_empty() && !only.iter().any(|o| o == name) {
             continue;
@@ -119,23 +119,20 @@ fn run() -> Result<i32> {
             keep: keep.clone(),
             dir_entries: args.usize("dir-entries")?,
             big_size: args.usize("big-size")?,
+            otrunc_rounds: args.usize("otrunc-rounds")?,
         };
-        let r = std::fs::create_dir(&work)
-            .with_ctx(|| format!("mkdir {}", work.display()))
-            .and_then(|()| check(&ctx));
+        let t0 = std::time::Instant::now();
+        let r = std::fs::create_dir(&work).with_ctx(|| format!("mkdir {}", work.display())).and_then(|()| check(&ctx));
         tally.check(&format!("{NAME}.{name}"), r);
+        times.push(format!("{name}={}", t0.elapsed().as_millis()));
     }
-    let cleanup = std::fs::remove_dir_all(&root)
-        .with_ctx(|| format!("remove {}", root.display()))
-        .and_then(|()| {
-            guest::ensure!(!root.exists(), "{} still exists after removal", root.display());
-            Ok(Outcome::Pass(String::new()))
-        });
+    report::info(&format!("{NAME} milliseconds {}", times.join(" ")));
+    let cleanup = std::fs::remove_dir_all(&root).with_ctx(|| format!("remove {}", root.display())).and_then(|()| {
+        guest::ensure!(!root.exists(), "{} still exists after removal", root.display());
+        Ok(Outcome::Pass(String::new()))
+    });
     tally.check(&format!("{NAME}.cleanup"), cleanup);
-    report::info(&format!(
-        "{NAME} summary passed={} failed={} skipped={}",
-        tally.passed, tally.failed, tally.skipped
-    ));
+    report::info(&format!("{NAME} summary passed={} failed={} skipped={}", tally.passed, tally.failed, tally.skipped));
     Ok(tally.exit_code())
 }
 

@@ -19,11 +19,7 @@ pub fn expect_errno<T>(r: io::Result<T>, errnos: &[i32], what: &str) -> Result<(
 }
 
 fn names(errnos: &[i32]) -> String {
-    errnos
-        .iter()
-        .map(|&n| errno_name(&io::Error::from_raw_os_error(n)))
-        .collect::<Vec<_>>()
-        .join("|")
+    errnos.iter().map(|&n| errno_name(&io::Error::from_raw_os_error(n))).collect::<Vec<_>>().join("|")
 }
 
 /// `len` pseudo-random bytes from `seed`.
@@ -58,11 +54,7 @@ pub fn write_file(path: &Path, data: &[u8]) -> Result<File> {
 
 /// Open read-write.
 pub fn open_rw(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .with_ctx(|| format!("open {}", path.display()))
+    OpenOptions::new().read(true).write(true).open(path).with_ctx(|| format!("open {}", path.display()))
 }
 
 /// Whole file content.
@@ -104,9 +96,5 @@ pub fn same(what: &str, got: &[u8], want: &[u8]) -> Result<()> {
 
 /// Check a value.
 pub fn eq<T: PartialEq + std::fmt::Debug>(what: &str, got: T, want: T) -> Result<()> {
-    if got == want {
-        Ok(())
-    } else {
-        bail!("{what}: got {got:?}, want {want:?}")
-    }
+    if got == want { Ok(()) } else { bail!("{what}: got {got:?}, want {want:?}") }
 }
