@@ -17,6 +17,9 @@ use super::{Inner, InodeId, sys};
 
 /// How often revoked files are retried.
 const RETRY: Duration = Duration::from_millis(20);
+/// How often, and how far apart, a lease refused with EAGAIN is retried.
+const LEASE_ATTEMPTS: u32 = 20;
+const LEASE_RETRY: Duration = Duration::from_millis(10);
 
 #[derive(Default)]
 struct State {
@@ -81,6 +84,22 @@ impl Leases {
     /// has no leases. Returns true when it re-took a lease that a break had revoked: the caller
     /// then re-installs the revoked pieces.
     pub(super) fn ensure(&self, inode: InodeId, file: &Arc<OwnedFd>) -> io::Result<bool> {
+        // A frontend releases the files of unmapped pieces late (QEMU frees memory regions
+        // after an RCU grace period), and until then it counts as another opener: retry EAGAIN
+        // for a moment before calling the file unprotectable.
+        let mut attempt = 0;
+        loop {
+            match self.try_ensure(inode, file) {
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && attempt < LEASE_ATTEMPTS => {
+                    attempt += 1;
+                    std::thread::sleep(LEASE_RETRY);
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn try_ensure(&self, inode: InodeId, file: &Arc<OwnedFd>) -> io::Result<bool> {
         let mut st = self.state.lock().map_err(|_| io::Error::other("lease state poisoned"))?;
         if st.held.contains_key(&inode) {
             return Ok(false);
