@@ -70,10 +70,12 @@ fn main() {
     let t = Instant::now();
     for _ in 0..rounds {
         for off in (0..total).step_by(1 << 20) {
+            // SAFETY: `off` < 64 MiB lies inside the window reservation.
+            let src = unsafe { window.base().add(off as usize) };
             // SAFETY: [off, off + 1 MiB) lies in installed pieces (the whole 64 MiB file, whose
             // size is a page multiple, is mapped), which stay mapped while we read: nothing
             // else runs against this file.
-            unsafe { std::ptr::copy_nonoverlapping(window.base().add(off as usize), buf.as_mut_ptr(), buf.len()) };
+            unsafe { std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };
         }
     }
     let window_bw = (rounds * total) as f64 / t.elapsed().as_secs_f64() / 1e6;
