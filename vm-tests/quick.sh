@@ -32,6 +32,9 @@ run "fs-pci smoke" --device fs --test smoke,mount --host-check "$here/host-check
 # The generic vhost-user device (the one DAX needs), config from the daemon, two request queues.
 run "generic device, 2 queues" --device dax --queues 2 --daemon-arg=--num-request-queues=2 \
     --test smoke,mount --host-check "$here/host-check-smoke.sh"
+# The DAX window: QEMU 11.1's generic device offers SHMEM; every file goes through the window.
+run "dax=always smoke" --device dax --queues 1 --mount-opts dax=always --test smoke,mount \
+    --host-check "$here/host-check-smoke.sh"
 # cache=never and the writeback cache, one boot each.
 run "cache=never" --device fs --daemon-arg=--cache=never --test smoke
 run "writeback" --device fs --daemon-arg=--writeback --test smoke
