@@ -485,3 +485,39 @@ impl Inner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_rejects_misaligned_outside_and_overflowing_ranges() {
+        let d = Dax::new(64 << 20, 4096, LeasePolicy::Require).unwrap();
+        let mb2 = 2 << 20;
+        assert!(d.check(0, mb2, 0, false).is_ok());
+        assert!(d.check((64 << 20) - mb2, mb2, mb2, true).is_ok());
+        for (m, l, f) in [(100, mb2, 0), (0, 100, 0), (0, mb2, 7), (0, 0, 0), (64 << 20, mb2, 0)] {
+            assert!(matches!(d.check(m, l, f, false), Err(DaxError::OutsideWindow { .. })), "{m} {l} {f}");
+        }
+        assert!(matches!(d.check(4096, u64::MAX - 4095, 0, false), Err(DaxError::Overflow { .. })));
+        assert!(matches!(d.check(0, mb2, u64::MAX - 4095, false), Err(DaxError::Overflow { .. })));
+        assert!(matches!(
+            d.setup(
+                InodeId(1),
+                &Arc::new(std::fs::File::open("/dev/null").unwrap().into()),
+                d.check(0, mb2, 0, false).unwrap()
+            ),
+            Err(DaxError::NoWindow)
+        ));
+    }
+
+    #[test]
+    fn errno_is_never_eagain_or_enomem() {
+        for e in [libc::EAGAIN, libc::ENOMEM] {
+            assert_eq!(DaxError::Host(io::Error::from_raw_os_error(e)).errno(), libc::EIO);
+        }
+        assert_eq!(DaxError::Host(io::Error::from_raw_os_error(libc::ENOSPC)).errno(), libc::ENOSPC);
+        assert_eq!(DaxError::NoWindow.errno(), libc::EIO);
+        assert_eq!(DaxError::BadFlags(8).errno(), libc::EINVAL);
+    }
+}

@@ -135,7 +135,10 @@ impl Table {
 
     /// Whether some installed piece of `inode` reaches file offset `cut` or beyond.
     pub fn crosses(&self, inode: InodeId, cut: u64) -> bool {
-        self.maps.values().any(|m| m.inode == inode && m.foffset.0 + m.covered() > cut)
+        self.maps.values().any(|m| {
+            let covered = m.covered();
+            m.inode == inode && covered > 0 && m.foffset.0 + covered > cut
+        })
     }
 
     /// Whether `inode` already has exactly this mapping, writable if `writable` is asked.
@@ -236,5 +239,139 @@ impl Table {
         }
         self.maps.clear();
         n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Records maps and unmaps and enforces QEMU 11.1's rules: no map over any part of a piece,
+    /// unmaps must match one piece exactly. `fail_at` makes the n-th call fail.
+    #[derive(Default)]
+    struct TestMapper {
+        pieces: Mutex<BTreeMap<u64, u64>>,
+        calls: Mutex<Vec<String>>,
+        fail_at: Option<usize>,
+    }
+
+    impl TestMapper {
+        fn call(&self, what: String) -> Result<(), DaxError> {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push(what);
+            if Some(calls.len()) == self.fail_at {
+                return Err(DaxError::Frontend(std::io::Error::from_raw_os_error(libc::EIO)));
+            }
+            Ok(())
+        }
+        fn installed(&self) -> Vec<(u64, u64)> {
+            self.pieces.lock().unwrap().iter().map(|(s, l)| (*s, *l)).collect()
+        }
+    }
+
+    impl Mapper for TestMapper {
+        fn map(&self, r: WinRange, _fd: std::os::fd::BorrowedFd<'_>, f: FileOffset, _w: bool) -> Result<(), DaxError> {
+            self.call(format!("map {:#x}+{:#x}@{:#x}", r.start.0, r.len, f.0))?;
+            let mut p = self.pieces.lock().unwrap();
+            assert!(p.iter().all(|(s, l)| s + l <= r.start.0 || r.start.0 + r.len <= *s), "overlapping map");
+            p.insert(r.start.0, r.len);
+            Ok(())
+        }
+        fn unmap(&self, r: WinRange) -> Result<(), DaxError> {
+            self.call(format!("unmap {:#x}+{:#x}", r.start.0, r.len))?;
+            let mut p = self.pieces.lock().unwrap();
+            assert_eq!(p.remove(&r.start.0), Some(r.len), "inexact unmap");
+            Ok(())
+        }
+    }
+
+    const MB2: u64 = 2 << 20;
+    const PAGE: u64 = 4096;
+    const A: InodeId = InodeId(7);
+
+    fn file() -> Arc<OwnedFd> {
+        Arc::new(std::fs::File::open("/dev/null").unwrap().into())
+    }
+
+    /// A mapping of slot `i` of `A`, installed over its first `covered` bytes.
+    fn mapped(t: &mut Table, m: &TestMapper, i: u64, covered: u64) {
+        let range = WinRange { start: WinOffset(i * MB2), len: MB2 };
+        let f = file();
+        m.map(WinRange { start: range.start, len: covered }, f.as_fd(), FileOffset(i * MB2), true).unwrap();
+        let pieces = vec![Piece { start: range.start, len: covered }];
+        t.insert(Mapping {
+            inode: A,
+            file: f,
+            range,
+            foffset: FileOffset(i * MB2),
+            writable: true,
+            pieces,
+            revoked: false,
+        });
+    }
+
+    #[test]
+    fn cut_unmaps_past_eof_and_keeps_what_stays_valid() {
+        let (mut t, m) = (Table::default(), TestMapper::default());
+        mapped(&mut t, &m, 0, MB2);
+        mapped(&mut t, &m, 1, MB2);
+        t.cut(A, 3 * PAGE, &m).unwrap();
+        assert_eq!(m.installed(), vec![(0, 3 * PAGE)]);
+        assert_eq!(t.pieces_of(A), vec![(0, 0, 3 * PAGE)]);
+        assert!(t.has_cut(A) && t.crosses(A, PAGE) && !t.crosses(A, 3 * PAGE));
+    }
+
+    #[test]
+    fn fill_grows_an_adjacent_piece_up_to_valid_end() {
+        let (mut t, m) = (Table::default(), TestMapper::default());
+        mapped(&mut t, &m, 0, PAGE);
+        assert!(t.needs_fill(A, 5 * PAGE));
+        t.fill(A, 5 * PAGE, &m).unwrap();
+        assert_eq!(m.installed(), vec![(0, PAGE), (PAGE, 4 * PAGE)]);
+        assert!(!t.needs_fill(A, 5 * PAGE));
+        // A later cut in the middle removes the piece it crosses and maps its kept part.
+        t.cut(A, 2 * PAGE, &m).unwrap();
+        assert_eq!(m.installed(), vec![(0, PAGE), (PAGE, PAGE)]);
+    }
+
+    #[test]
+    fn revoke_unmaps_all_and_fill_skips_until_unrevoked() {
+        let (mut t, m) = (Table::default(), TestMapper::default());
+        mapped(&mut t, &m, 0, MB2);
+        mapped(&mut t, &m, 3, PAGE);
+        assert_eq!(t.revoke(A, &m).unwrap(), 2);
+        assert!(m.installed().is_empty());
+        t.fill(A, 4 * MB2, &m).unwrap();
+        assert!(m.installed().is_empty(), "revoked mappings are not re-grown");
+        t.unrevoke(A);
+        t.fill(A, 3 * MB2 + 2 * PAGE, &m).unwrap();
+        assert_eq!(m.installed(), vec![(0, MB2), (3 * MB2, 2 * PAGE)]);
+    }
+
+    #[test]
+    fn frontend_failure_keeps_the_table_true() {
+        let (mut t, m0) = (Table::default(), TestMapper::default());
+        mapped(&mut t, &m0, 0, MB2);
+        // Fail the unmap: the piece stays recorded as installed (I1: the table is the truth).
+        let m = TestMapper { fail_at: Some(1), ..TestMapper::default() };
+        m.pieces.lock().unwrap().extend(m0.installed());
+        assert!(t.cut(A, PAGE, &m).is_err());
+        assert_eq!(t.pieces_of(A), vec![(0, 0, MB2)]);
+        assert!(t.remove_overlapping(WinOffset(0), MB2, &m).is_ok());
+        assert!(t.pieces_of(A).is_empty() && m.installed().is_empty());
+    }
+
+    #[test]
+    fn remove_overlapping_is_idempotent_and_clear_unmaps_all() {
+        let (mut t, m) = (Table::default(), TestMapper::default());
+        mapped(&mut t, &m, 0, MB2);
+        mapped(&mut t, &m, 1, MB2);
+        assert_eq!(t.remove_overlapping(WinOffset(0), MB2, &m).unwrap(), vec![A]);
+        assert!(t.remove_overlapping(WinOffset(0), MB2, &m).unwrap().is_empty());
+        assert_eq!(t.clear(Some(&m)), 1);
+        assert!(m.installed().is_empty() && !t.has_inode(A));
     }
 }
