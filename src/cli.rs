@@ -149,6 +149,10 @@ pub struct Options {
     /// while the guest maps it can kill the VM (host SIGBUS). Default: refuse with EIO.
     #[arg(long)]
     pub dax_unprotected: bool,
+    /// Test aid: at the guest's first SETUPMAPPING, check the frontend's SHMEM_MAP/UNMAP rules
+    /// on the last pages of the window and log the result ("frontend conformance: ...").
+    #[arg(long, hide = true)]
+    pub dax_probe_frontend: bool,
     /// Log level (RUST_LOG overrides it).
     #[arg(long, value_enum, default_value_t = LogLevel::Info, ignore_case = true)]
     pub log_level: LogLevel,

@@ -103,6 +103,9 @@ fn make_dax(o: &Options) -> Result<Option<Arc<Dax>>, StartupError> {
         warn!("--dax-unprotected: files that cannot be leased are mapped anyway; a host truncate can kill the VM");
     }
     let dax = Dax::new(len, sys::page_size() as u64, policy).map_err(StartupError::Dax)?;
+    if o.dax_probe_frontend {
+        dax.probe_frontend();
+    }
     Ok(Some(Arc::new(dax)))
 }
 

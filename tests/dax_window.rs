@@ -323,3 +323,14 @@ fn host_truncate_of_a_leased_file_revokes_before_it_returns() {
     let pieces = c.vmm.window().pieces();
     assert!(pieces.iter().all(|p| p.fd_offset + p.len <= PAGE * 2), "re-installed only to EOF: {pieces:?}");
 }
+
+#[test]
+fn frontend_conformance_probe_passes_against_the_test_vmm() {
+    let d = Daemon::start(&["--dax-window", "64M", "--dax-probe-frontend"]);
+    let c = Client::connect_dax(&d.socket, 1, false);
+    let n = c.make_file("f", &pattern_bytes(1, 0, PAGE as usize));
+    c.setupmapping(n, 0, MB2, R, 0).unwrap();
+    assert!(d.log().contains("frontend conformance: 9/9 checks as expected"), "{}", d.log());
+    // The probe left nothing behind but the guest's own mapping.
+    assert_eq!(c.vmm.window().pieces().len(), 1);
+}

@@ -33,8 +33,18 @@ run "fs-pci smoke" --device fs --test smoke,mount --host-check "$here/host-check
 run "generic device, 2 queues" --device dax --queues 2 --daemon-arg=--num-request-queues=2 \
     --test smoke,mount --host-check "$here/host-check-smoke.sh"
 # The DAX window: QEMU 11.1's generic device offers SHMEM; every file goes through the window.
-run "dax=always smoke" --device dax --queues 1 --mount-opts dax=always --test smoke,mount \
-    --host-check "$here/host-check-smoke.sh"
+# The daemon also probes the frontend's SHMEM_MAP/UNMAP rules the window logic relies on.
+probe_logs=$(mktemp -d)
+trap 'rm -rf "$probe_logs"' EXIT
+run "dax=always smoke + frontend conformance" --device dax --queues 1 --mount-opts dax=always \
+    --test smoke,mount --host-check "$here/host-check-smoke.sh" \
+    --daemon-arg=--dax-probe-frontend --log-dir "$probe_logs"
+if ! grep -q 'frontend conformance: 9/9 checks as expected' "$probe_logs/daemon.log"; then
+    grep 'frontend conformance' "$probe_logs/daemon.log" >&2 || true
+    echo "quick.sh: the frontend broke an assumption of the DAX window (see above)" >&2
+    exit 1
+fi
+echo "=== vm-tests quick: frontend conformance 9/9"
 # cache=never and the writeback cache, one boot each.
 run "cache=never" --device fs --daemon-arg=--cache=never --test smoke
 run "writeback" --device fs --daemon-arg=--writeback --test smoke

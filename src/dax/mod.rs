@@ -3,6 +3,7 @@
 //! (DESIGN.md §3, I1-I6). Talks to the frontend only through `Mapper`; knows no FUSE or vhost.
 
 mod lease;
+mod probe;
 mod sys;
 mod window;
 
@@ -129,6 +130,8 @@ struct Inner {
     table: Mutex<Table>,
     inodes: Mutex<HashMap<InodeId, Arc<InodeDax>>>,
     leases: lease::Leases,
+    /// Run the frontend conformance probe at the next SETUPMAPPING.
+    probe: std::sync::atomic::AtomicBool,
 }
 
 fn round_up(x: u64, align: u64) -> u64 {
@@ -146,9 +149,15 @@ impl Dax {
             table: Mutex::new(Table::default()),
             inodes: Mutex::new(HashMap::new()),
             leases: lease::Leases::new(weak.clone()),
+            probe: std::sync::atomic::AtomicBool::new(false),
         });
         inner.leases.start()?;
         Ok(Dax { inner })
+    }
+
+    /// Probes the frontend's SHMEM rules at the next guest SETUPMAPPING (`--dax-probe-frontend`).
+    pub fn probe_frontend(&self) {
+        self.inner.probe.store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// The window size.
@@ -348,6 +357,10 @@ impl Inner {
         // SETUPMAPPINGs per inode anyway.
         let _g = st.sem.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mapper = self.mapper()?;
+        if self.probe.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            let _t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            probe::run(&*mapper, self.window_len);
+        }
         match self.leases.ensure(inode, file) {
             Ok(false) => {}
             Ok(true) => {

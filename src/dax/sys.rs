@@ -158,3 +158,14 @@ fn si_fd(info: &libc::siginfo_t) -> libc::c_int {
     let p = unsafe { &*std::ptr::from_ref(info).cast::<SigPoll>() };
     p.fd
 }
+
+/// An anonymous memory file of `len` zero bytes.
+pub fn memfd(len: u64) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the name is a static NUL-terminated string.
+    let fd = check(unsafe { libc::memfd_create(c"daxfsd-probe".as_ptr(), libc::MFD_CLOEXEC) })?;
+    // SAFETY: memfd_create just returned this descriptor; nothing else owns it.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    ftruncate(std::os::fd::AsFd::as_fd(&fd), len)?;
+    Ok(fd)
+}
