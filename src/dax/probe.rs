@@ -11,6 +11,9 @@ use super::{FileOffset, Mapper, WinOffset, WinRange, sys};
 
 const PAGE: u64 = 4096;
 
+/// One check: its name, whether the frontend should accept it, and the request.
+type Check<'a> = (&'static str, bool, Box<dyn Fn() -> bool + 'a>);
+
 /// Runs the probe; returns (checks as expected, checks run). Logs one line per check.
 pub fn run(mapper: &dyn Mapper, window_len: u64) -> (usize, usize) {
     let fd = match sys::memfd(8 * PAGE) {
@@ -23,7 +26,7 @@ pub fn run(mapper: &dyn Mapper, window_len: u64) -> (usize, usize) {
     let base = window_len - 4 * PAGE;
     let r = |off: u64, pages: u64| WinRange { start: WinOffset(base + off * PAGE), len: pages * PAGE };
     let map = |range, foff: u64| mapper.map(range, fd.as_fd(), FileOffset(foff * PAGE), false).is_ok();
-    let checks: [(&str, bool, Box<dyn Fn() -> bool + '_>); 9] = [
+    let checks: [Check<'_>; 9] = [
         ("map two pages", true, Box::new(|| map(r(0, 2), 0))),
         ("map over part of a piece", false, Box::new(|| map(r(1, 2), 0))),
         ("map an adjacent page", true, Box::new(|| map(r(2, 1), 2))),
