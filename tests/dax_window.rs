@@ -334,3 +334,33 @@ fn frontend_conformance_probe_passes_against_the_test_vmm() {
     // The probe left nothing behind but the guest's own mapping.
     assert_eq!(c.vmm.window().pieces().len(), 1);
 }
+
+#[test]
+fn bad_dax_window_sizes_fail_at_startup() {
+    for bad in ["3M", "1000", "1x", "0x10", "3G"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_daxfsd"))
+            .args(["--shared-dir", "/tmp", "--socket-path", "/tmp/never-used.sock", "--dax-window", bad])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "--dax-window {bad} accepted");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--dax-window"), "{bad}");
+    }
+}
+
+#[test]
+fn inode_dax_flags_regular_files_per_policy() {
+    for (policy, want) in [("leasable", true), ("all", true), ("none", false)] {
+        let d = Daemon::start(&["--dax-window", "64M", "--dax-files", policy]);
+        std::fs::write(d.path("f"), b"x").unwrap();
+        std::fs::create_dir(d.path("dir")).unwrap();
+        let c = Client::connect_dax(&d.socket, 1, true);
+        assert_ne!((u64::from(c.init.flags2) << 32) & FUSE_HAS_INODE_DAX, 0);
+        let f = c.lookup(1, "f").unwrap();
+        assert_eq!(f.attr.flags & FUSE_ATTR_DAX != 0, want, "policy {policy}");
+        assert_eq!(c.lookup(1, "dir").unwrap().attr.flags & FUSE_ATTR_DAX, 0, "directories never");
+    }
+    // dax=always (no HAS_INODE_DAX offered): no per-inode flags at all.
+    let (d, c) = dax_daemon();
+    std::fs::write(d.path("f"), b"x").unwrap();
+    assert_eq!(c.lookup(1, "f").unwrap().attr.flags & FUSE_ATTR_DAX, 0);
+}
