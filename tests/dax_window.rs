@@ -364,3 +364,50 @@ fn inode_dax_flags_regular_files_per_policy() {
     std::fs::write(d.path("f"), b"x").unwrap();
     assert_eq!(c.lookup(1, "f").unwrap().attr.flags & FUSE_ATTR_DAX, 0);
 }
+
+/// Host processes mutate a mapped, leased file in a loop while the window is scanned: no
+/// installed page may ever be past the host EOF (a read of one is EIO here, a dead VM there).
+#[test]
+fn host_mutations_never_leave_an_installed_page_past_eof() {
+    let (d, c) = dax_daemon();
+    let full = pattern_bytes(8, 0, 1 << 20);
+    let (e, fh) = c.create(1, "f", libc::O_RDWR | libc::O_CREAT, 0o644).unwrap();
+    write_all(&c, e.nodeid, fh, 0, &full);
+    c.setupmapping(e.nodeid, 0, MB2, RW, 0).unwrap();
+    let path = d.path("f");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let bad = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            use std::io::Write;
+            let cpath = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+            for i in 0..300u64 {
+                let size = (i * 7919) % (1 << 20);
+                match i % 4 {
+                    0 => std::fs::OpenOptions::new()
+                        .write(true)
+                        .truncate(true)
+                        .open(&path)
+                        .unwrap()
+                        .write_all(&full)
+                        .unwrap(),
+                    1 => std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(size).unwrap(),
+                    // SAFETY: `cpath` is a NUL-terminated path that outlives the call.
+                    2 => assert_eq!(unsafe { libc::truncate(cpath.as_ptr(), size as i64) }, 0),
+                    _ => std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(1 << 20).unwrap(),
+                }
+            }
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                for p in 0..(1 << 20) / PAGE {
+                    if c.vmm.window().read(p * PAGE, 1).is_err() {
+                        bad.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+            }
+        });
+    });
+    assert_eq!(bad.load(std::sync::atomic::Ordering::SeqCst), 0, "installed pages seen past EOF\n{}", d.log());
+}

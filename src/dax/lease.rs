@@ -20,6 +20,8 @@ const RETRY: Duration = Duration::from_millis(20);
 /// How often, and how far apart, a lease refused with EAGAIN is retried.
 const LEASE_ATTEMPTS: u32 = 20;
 const LEASE_RETRY: Duration = Duration::from_millis(10);
+/// How long a lease break waits for the frontend to drop the unmapped pages.
+const UNMAP_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Default)]
 struct State {
@@ -151,6 +153,7 @@ impl Leases {
             (inode, file)
         };
         inner.revoke(inode);
+        wait_unmapped_elsewhere(&file);
         let Ok(mut st) = self.state.lock() else { return };
         st.held.remove(&inode);
         st.by_fd.remove(&fd);
@@ -187,6 +190,24 @@ impl Leases {
                 info!("inode {} leased again; pieces re-installed to EOF", inode.0);
             }
         }
+    }
+}
+
+/// The frontend acknowledges SHMEM_UNMAP before its mapping leaves its address space (QEMU
+/// frees memory regions after an RCU grace period, and a TCG vCPU may still hit the old pages
+/// meanwhile). Measured in a VM: releasing the lease on the ack let a host truncate SIGBUS
+/// QEMU. So the lease is released only once no other process maps the file any more.
+fn wait_unmapped_elsewhere(file: &OwnedFd) {
+    let Ok((dev, ino)) = sys::dev_ino(file.as_fd()) else { return };
+    let deadline = std::time::Instant::now() + UNMAP_WAIT;
+    while sys::mapped_by_other_process(dev, ino) {
+        if std::time::Instant::now() >= deadline {
+            log::warn!(
+                "the frontend still maps inode {ino} {UNMAP_WAIT:?} after unmapping it; releasing the lease anyway"
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

@@ -169,3 +169,33 @@ pub fn memfd(len: u64) -> io::Result<std::os::fd::OwnedFd> {
     ftruncate(std::os::fd::AsFd::as_fd(&fd), len)?;
     Ok(fd)
 }
+
+/// The file's (st_dev, st_ino).
+pub fn dev_ino(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    let mut st = MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: `st` is a writable stat buffer; the fd is borrowed for the call.
+    check(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstat succeeded and filled the (zeroed) buffer.
+    let st = unsafe { st.assume_init() };
+    Ok((st.st_dev, st.st_ino))
+}
+
+/// Whether a process other than this one has the file (dev, ino) mapped, per /proc/*/maps.
+pub fn mapped_by_other_process(dev: u64, ino: u64) -> bool {
+    let me = std::process::id().to_string();
+    let want_dev = format!("{:02x}:{:02x}", libc::major(dev), libc::minor(dev));
+    let want_ino = ino.to_string();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return false };
+    procs.flatten().any(|p| {
+        let name = p.file_name();
+        let name = name.to_string_lossy();
+        if name == me || !name.bytes().all(|b| b.is_ascii_digit()) {
+            return false;
+        }
+        let Ok(maps) = std::fs::read_to_string(p.path().join("maps")) else { return false };
+        maps.lines().any(|l| {
+            let mut f = l.split_ascii_whitespace().skip(3);
+            f.next() == Some(want_dev.as_str()) && f.next() == Some(want_ino.as_str())
+        })
+    })
+}
