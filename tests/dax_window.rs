@@ -393,7 +393,7 @@ fn host_mutations_never_leave_an_installed_page_past_eof() {
                         .unwrap(),
                     1 => std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(size).unwrap(),
                     // SAFETY: `cpath` is a NUL-terminated path that outlives the call.
-                    2 => assert_eq!(unsafe { libc::truncate(cpath.as_ptr(), size as i64) }, 0),
+                    2 => assert_eq!(unsafe { libc::truncate(cpath.as_ptr(), i64::try_from(size).unwrap()) }, 0),
                     _ => std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(1 << 20).unwrap(),
                 }
             }
