@@ -252,6 +252,11 @@ impl Filesystem for Passthrough {
 
     fn forget(&self, node: NodeId, nlookup: u64) {
         self.inodes.forget(node, nlookup);
+        if let Some(dax) = &self.cfg.dax
+            && self.inodes.get(node).is_err()
+        {
+            dax.forget_inode(crate::dax::InodeId(node.0));
+        }
     }
 
     fn getattr(&self, _ctx: &Context, node: NodeId, _fh: Option<HandleId>) -> io::Result<(Attr, Duration)> {
