@@ -409,3 +409,17 @@ fn access_is_checked_as_the_caller() {
     c.gid = 0;
     c.access(n, libc::R_OK as u32).unwrap();
 }
+
+#[test]
+fn ofd_lock_dies_with_its_released_handle() {
+    let d = Daemon::start(&[]);
+    let c = d.client();
+    let n = c.make_file("f", b"data");
+    let fh1 = c.open(n, libc::O_RDWR).unwrap();
+    let fh2 = c.open(n, libc::O_RDWR).unwrap();
+    // An OFD lock's owner is the guest's open file; its RELEASE names no owner.
+    c.lk(Opcode::Setlk, n, fh1, 0xf11e, lock(0, 9, libc::F_WRLCK), false).unwrap();
+    assert_eq!(c.lk(Opcode::Setlk, n, fh2, 0xf22e, lock(0, 9, libc::F_WRLCK), false).unwrap_err(), libc::EAGAIN);
+    c.release(n, fh1).unwrap();
+    c.lk(Opcode::Setlk, n, fh2, 0xf22e, lock(0, 9, libc::F_WRLCK), false).unwrap();
+}

@@ -136,8 +136,9 @@ impl Passthrough {
         } else {
             fd
         };
+        let opts = self.file_open_options(&inode);
         let fh = self.handles.insert(fd, inode)?;
-        Ok((entry, fh, self.file_open_options()))
+        Ok((entry, fh, opts))
     }
 
     /// Registers the inode behind an open fd (for O_TMPFILE, which has no name to look up).

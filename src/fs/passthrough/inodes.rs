@@ -17,6 +17,16 @@ pub struct InodeKey {
     pub mnt_id: u64,
 }
 
+/// A guest lock owner's locks on one inode.
+#[derive(Debug)]
+pub struct LockOwner {
+    /// The open file description holding them (OFD locks).
+    pub fd: Arc<OwnedFd>,
+    /// The guest handles the owner locked through: releasing one drops the owner (a POSIX
+    /// owner's locks go at any close; an OFD owner is its one open file).
+    pub handles: Vec<crate::fs::HandleId>,
+}
+
 /// One host inode the guest knows.
 #[derive(Debug)]
 pub struct Inode {
@@ -30,8 +40,8 @@ pub struct Inode {
     pub nodeid: NodeId,
     /// FUSE lookup count.
     refs: AtomicU64,
-    /// POSIX lock owners -> the open file description their OFD locks live on.
-    pub lock_owners: Mutex<HashMap<u64, Arc<OwnedFd>>>,
+    /// Lock owners -> the open file description their OFD locks live on.
+    pub lock_owners: Mutex<HashMap<u64, LockOwner>>,
     /// The one open file DAX uses for this inode (mappings, guest handles, lease).
     pub dax_file: Mutex<Option<Arc<OwnedFd>>>,
 }

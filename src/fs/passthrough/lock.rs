@@ -7,9 +7,9 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use super::handles::Handle;
-use super::inodes::Inode;
+use super::inodes::{Inode, LockOwner};
 use super::{Passthrough, errno};
-use crate::fs::{Lock, LockRequest, sys};
+use crate::fs::{HandleId, Lock, LockRequest, sys};
 
 /// The kernel's OFFSET_MAX: a lock "to end of file".
 const OFFSET_MAX: u64 = i64::MAX as u64;
@@ -37,15 +37,19 @@ fn from_flock(fl: &libc::flock) -> Lock {
     Lock { start, end, typ: u32::try_from(fl.l_type).unwrap_or(0), pid: u32::try_from(fl.l_pid).unwrap_or(0) }
 }
 
-/// The open file description holding `owner`'s locks on `inode`, opened on first use.
-fn owner_fd(fs: &Passthrough, inode: &Inode, owner: u64) -> io::Result<Arc<std::os::fd::OwnedFd>> {
+/// The open file description holding `owner`'s locks on `inode`, opened on first use; notes
+/// that the owner locked through handle `fh`.
+fn owner_fd(fs: &Passthrough, inode: &Inode, owner: u64, fh: HandleId) -> io::Result<Arc<std::os::fd::OwnedFd>> {
     let mut owners = inode.lock_owners.lock().map_err(|_| errno(libc::EIO))?;
-    if let Some(fd) = owners.get(&owner) {
-        return Ok(Arc::clone(fd));
+    if let Some(o) = owners.get_mut(&owner) {
+        if !o.handles.contains(&fh) {
+            o.handles.push(fh);
+        }
+        return Ok(Arc::clone(&o.fd));
     }
     let fd = fs.reopen(inode, libc::O_RDWR).or_else(|_| fs.reopen(inode, libc::O_RDONLY))?;
     let fd = Arc::new(fd);
-    owners.insert(owner, Arc::clone(&fd));
+    owners.insert(owner, LockOwner { fd: Arc::clone(&fd), handles: vec![fh] });
     Ok(fd)
 }
 
@@ -63,7 +67,7 @@ fn check_not_dax(h: &Handle) -> io::Result<()> {
 pub fn getlk(fs: &Passthrough, h: &Handle, req: LockRequest) -> io::Result<Lock> {
     check_not_dax(h)?;
     let mut fl = to_flock(req.lock)?;
-    let fd = owner_fd(fs, &h.inode, req.owner)?;
+    let fd = owner_fd(fs, &h.inode, req.owner, req.fh)?;
     sys::ofd_lock(fd.as_fd(), libc::F_OFD_GETLK, &mut fl)?;
     let mut out = from_flock(&fl);
     if fl.l_type == i16::try_from(libc::F_UNLCK).unwrap_or(2) {
@@ -88,7 +92,7 @@ pub fn setlk(fs: &Passthrough, h: &Handle, req: LockRequest) -> io::Result<()> {
         return sys::flock(h.as_fd(), op);
     }
     let mut fl = to_flock(req.lock)?;
-    let fd = owner_fd(fs, &h.inode, req.owner)?;
+    let fd = owner_fd(fs, &h.inode, req.owner, req.fh)?;
     let cmd = if req.sleep { libc::F_OFD_SETLKW } else { libc::F_OFD_SETLK };
     sys::ofd_lock(fd.as_fd(), cmd, &mut fl)
 }
@@ -97,5 +101,13 @@ pub fn setlk(fs: &Passthrough, h: &Handle, req: LockRequest) -> io::Result<()> {
 pub fn drop_owner(inode: &Inode, owner: u64) {
     if let Ok(mut owners) = inode.lock_owners.lock() {
         owners.remove(&owner);
+    }
+}
+
+/// The guest released handle `fh`: owners that locked through it are gone (OFD locks die with
+/// their open file, POSIX locks with any close), and the guest names no owner for OFD locks.
+pub fn drop_handle(inode: &Inode, fh: HandleId) {
+    if let Ok(mut owners) = inode.lock_owners.lock() {
+        owners.retain(|_, o| !o.handles.contains(&fh));
     }
 }

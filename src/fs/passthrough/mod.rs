@@ -182,7 +182,12 @@ impl Passthrough {
         Entry { nodeid, generation: self.generation, attr, entry_timeout: t, attr_timeout: t }
     }
 
-    fn file_open_options(&self) -> OpenOptions {
+    fn file_open_options(&self, inode: &Inode) -> OpenOptions {
+        // A DAX file has no guest page cache: FOPEN_DIRECT_IO would only send the guest's
+        // extending writes down its direct-I/O path, which fails (EBUSY) on mapped pages.
+        if self.is_dax_inode(inode) {
+            return OpenOptions::default();
+        }
         match self.cfg.cache {
             CachePolicy::Never | CachePolicy::Metadata => OpenOptions { direct_io: true, ..OpenOptions::default() },
             CachePolicy::Auto => OpenOptions::default(),
@@ -324,7 +329,8 @@ impl Filesystem for Passthrough {
         if kill && trunc {
             attr::kill_suidgid(fd.as_fd())?;
         }
-        Ok((self.handles.insert(fd, inode)?, self.file_open_options()))
+        let opts = self.file_open_options(&inode);
+        Ok((self.handles.insert(fd, inode)?, opts))
     }
 
     fn read(&self, _ctx: &Context, node: NodeId, w: &mut dyn ZeroCopyWriter, p: ReadParams) -> io::Result<usize> {
@@ -351,6 +357,7 @@ impl Filesystem for Passthrough {
         if let Some(owner) = lock_owner {
             lock::drop_owner(&h.inode, owner);
         }
+        lock::drop_handle(&h.inode, fh);
         Ok(())
     }
 
