@@ -64,17 +64,18 @@ while (($#)); do
 done
 
 # ------------------------------------------------------------- op counts ---
-# Quick: measured on 2 cores under TCG, about 35-45 s per cell including the
-# boot. Long: 100 times the ops (hours for the whole matrix).
+# Quick: measured on 2 cores under TCG, 35-50 s per cell including the boot
+# (about 8 minutes for the 12 cells). Long: 100 times the ops and the
+# external-truncate duration (about 25 minutes per cell, hours in all).
 case $tier in
     quick) scale=1; cell_timeout=300 ;;
     long) scale=100; cell_timeout=21600 ;;
     *) die "--tier must be quick or long" ;;
 esac
 args_posix_smoke="--dir-entries 2000 --otrunc-rounds $((20 * scale))"
-args_dax_stress="--ops $((2000 * scale)) --threads 4 --files 3 --file-size 4M --seed 1"
-args_fsx="--ops $((2000 * scale)) --max-size 3M --seed 1"
-args_external_truncate="--ops $((1500 * scale)) --duration $((5 * scale)) --files 2 --file-size 1M --seed 1 --require-host"
+args_dax_stress="--ops $((1500 * scale)) --threads 4 --files 3 --file-size 4M --seed 1"
+args_fsx="--ops $((1500 * scale)) --max-size 3M --seed 1"
+args_external_truncate="--ops $((1000 * scale)) --duration $((3 * scale)) --files 2 --file-size 1M --seed 1 --require-host"
 host_during_args="--iterations $((1000 * scale))"
 programs=(posix-smoke dax-stress fsx external-truncate)
 
@@ -163,23 +164,34 @@ fi
 
 declare -A cell_status cell_time cell_ops cell_failed
 ran=()
+matched=0
 overall=0
 t_all=$SECONDS
 
-# ops_of SERIAL_LOG — "ds=N fsx=N et=N" from the programs' DAXFSD-INFO lines.
+# ops_of SERIAL_LOG — "ps=N ds=N fsx=N et=N dax=D/F" (posix-smoke checks,
+# operations, dax-stress files the guest accessed through DAX) from the
+# programs' DAXFSD-INFO lines.
 ops_of() {
     local log=$1 p short n out=
+    n=$(tr -d '\r' <"$log" 2>/dev/null | grep -a -o 'DAXFSD-INFO posix-smoke summary .*' |
+        sed 's/[^0-9 ]//g' | awk '{print $1 + $2 + $3}' | tail -n1 || true)
+    out+="ps=${n:--} "
     for p in dax-stress fsx external-truncate; do
         case $p in dax-stress) short=ds ;; fsx) short=fsx ;; external-truncate) short=et ;; esac
         n=$(tr -d '\r' <"$log" 2>/dev/null | grep -a -o "DAXFSD-INFO $p ops .*total=[0-9]*" |
             sed 's/.*total=//' | tail -n1 || true)
         out+="$short=${n:--} "
     done
-    printf '%s' "${out% }"
+    # Whether dax-stress's files were DAX in the guest (statx STATX_ATTR_DAX).
+    n=$(tr -d '\r' <"$log" 2>/dev/null | grep -a -o 'DAXFSD-INFO dax-stress config .*dax_files=[0-9?]*/[0-9]*' |
+        sed 's/.*dax_files=//' | tail -n1 || true)
+    out+="dax=${n:--}"
+    printf '%s' "$out"
 }
 
 for cell in "${all_cells[@]}"; do
     [[ $cell =~ $cells_re ]] || continue
+    matched=$((matched + 1))
     mode=${cell%-q*}
     rest=${cell#"$mode"-q}
     q=${rest%%-*}
@@ -213,17 +225,21 @@ for cell in "${all_cells[@]}"; do
     "$here/run-vm.sh" "${run_args[@]}" --log-dir "$cell_log" >"$cell_log/run-vm.out" 2>&1 || rc=$?
     cell_time[$cell]=$((SECONDS - t0))
     cell_ops[$cell]=$(ops_of "$cell_log/serial.log")
+    # Failed result names, then the launcher's other reasons (QEMU died...).
     failed=$(grep -a -o 'DAXFSD-RESULT name=[^ ]* status=fail' "$cell_log/run-vm.out" |
         sed 's/DAXFSD-RESULT name=\([^ ]*\) .*/\1/' | sort -u | paste -sd ' ' || true)
+    reasons=$(grep -a 'run-vm: FAIL: ' "$cell_log/run-vm.out" |
+        grep -v -E 'guest result\(s\) failed|guest DAXFSD-DONE rc=' |
+        sed 's/run-vm: FAIL: //' | paste -sd ';' || true)
     if ((rc == 0)); then
         cell_status[$cell]=PASS
     else
         cell_status[$cell]=FAIL
         overall=1
         keep_logs=1
-        [[ -n $failed ]] || failed=$(grep -a 'run-vm: FAIL' "$cell_log/run-vm.out" | head -n 2 |
-            sed 's/run-vm: FAIL: //' | tr '\n' ';' || true)
     fi
+    failed="${reasons:+[$reasons] }$failed"
+    ((${#failed} <= 110)) || failed="${failed:0:107}..."
     cell_failed[$cell]=${failed:--}
     printf '=== matrix: %s %s in %ss (%s)\n' "$cell" "${cell_status[$cell]}" "${cell_time[$cell]}" "${cell_ops[$cell]}"
     if [[ ${cell_status[$cell]} == FAIL ]]; then
@@ -233,9 +249,10 @@ for cell in "${all_cells[@]}"; do
     ran+=("$cell")
 done
 
-printf '\n%-22s %-6s %6s  %-28s %s\n' cell status time "ops executed" "failed results"
+((matched)) || die "--cells $cells_re matches no cell (see --list)"
+printf '\n%-22s %-6s %6s  %-44s %s\n' cell status time "ops executed" "failures ([launcher] results)"
 for cell in "${ran[@]}"; do
-    printf '%-22s %-6s %5ss  %-28s %s\n' "$cell" "${cell_status[$cell]}" "${cell_time[$cell]}" \
+    printf '%-22s %-6s %5ss  %-44s %s\n' "$cell" "${cell_status[$cell]}" "${cell_time[$cell]}" \
         "${cell_ops[$cell]}" "${cell_failed[$cell]}"
 done
 printf '\nmatrix: %d cell(s) in %ss, tier %s; per-program arguments:\n' "${#ran[@]}" $((SECONDS - t_all)) "$tier"

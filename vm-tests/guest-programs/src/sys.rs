@@ -174,6 +174,32 @@ pub fn statx_size_sync(path: &Path) -> io::Result<u64> {
     Ok(stx.stx_size)
 }
 
+/// Whether the kernel accesses this file through DAX (statx
+/// STATX_ATTR_DAX); `None` if the kernel does not report the attribute.
+pub fn is_dax(path: &Path) -> io::Result<Option<bool>> {
+    let p = cstr(path)?;
+    // SAFETY: statx is plain data; all-zero is a valid value.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and a writable statx buffer.
+    cvt(unsafe { libc::statx(libc::AT_FDCWD, p.as_ptr(), 0, libc::STATX_BASIC_STATS, &mut stx) })?;
+    let bit = libc::STATX_ATTR_DAX as u64;
+    Ok((stx.stx_attributes_mask & bit != 0).then_some(stx.stx_attributes & bit != 0))
+}
+
+/// "N/M" files of `paths` that are DAX ("?" where the kernel cannot say).
+pub fn dax_summary<'a>(paths: impl IntoIterator<Item = &'a Path>) -> String {
+    let (mut dax, mut total, mut unknown) = (0, 0, false);
+    for p in paths {
+        total += 1;
+        match is_dax(p) {
+            Ok(Some(true)) => dax += 1,
+            Ok(Some(false)) => {}
+            _ => unknown = true,
+        }
+    }
+    if unknown { format!("?/{total}") } else { format!("{dax}/{total}") }
+}
+
 /// sync_file_range(SYNC_FILE_RANGE_WRITE) of the whole file: start
 /// writeback of dirty pages without waiting for it.
 pub fn start_writeback(f: &File) -> io::Result<()> {

@@ -644,8 +644,9 @@ fn run() -> Result<i32> {
     ensure!(max_io >= 8, "--max-io must be at least 8");
     let (files, no_mmap) = setup(&args.mount, args.str("dir")?, nfiles, max)?;
     report::info(&format!(
-        "{NAME} config seed={seed} ops={ops} threads={threads} files={nfiles} file-size={max} max-io={max_io} page={page} mmap={}",
-        if no_mmap.is_some() { "no" } else { "yes" }
+        "{NAME} config seed={seed} ops={ops} threads={threads} files={nfiles} file-size={max} max-io={max_io} page={page} mmap={} dax_files={}",
+        if no_mmap.is_some() { "no" } else { "yes" },
+        sys::dax_summary(files.iter().map(|f| f.path.as_path()))
     ));
     let sh = Shared {
         files,

@@ -34,7 +34,7 @@ use guest::args::{self, Opt, Parsed};
 use guest::probe::{self, Copied};
 use guest::report::{self, Status};
 use guest::rng::{Rng, splitmix64};
-use guest::sys::Mapping;
+use guest::sys::{self, Mapping};
 use guest::{Context, Result, bail, ensure};
 
 const NAME: &str = "external-truncate";
@@ -244,8 +244,9 @@ fn run() -> Result<i32> {
         (0..nfiles).map(|i| Target::open(i, dir.join(format!("f{i}")), size)).collect::<Result<Vec<_>>>()?;
     let mapped = targets.iter().all(|t| t.map.is_some());
     report::info(&format!(
-        "{NAME} config seed={seed} ops={ops} files={nfiles} file-size={size} max-io={max_io} mmap={}",
-        if mapped { "yes" } else { "no (ENODEV): read() only" }
+        "{NAME} config seed={seed} ops={ops} files={nfiles} file-size={size} max-io={max_io} mmap={} dax_files={}",
+        if mapped { "yes" } else { "no (ENODEV): read() only" },
+        sys::dax_summary(targets.iter().map(|t| t.path.as_path()))
     ));
     report::ready(NAME, &format!("dir={} files={nfiles} size={size}", args.str("dir")?));
     let host = wait_for(&dir.join("host-started"), args.u64("wait-host")?);
@@ -286,7 +287,10 @@ fn run() -> Result<i32> {
     if host {
         std::fs::write(dir.join("guest-done"), b"done\n").ctx("create guest-done")?;
         host_info = if wait_for(&stopped, 120) {
-            std::fs::read_to_string(&stopped).unwrap_or_default().trim().to_owned()
+            match std::fs::read_to_string(&stopped) {
+                Ok(t) => t.trim().to_owned(),
+                Err(e) => format!("(reading host-stopped: {e})"),
+            }
         } else {
             failure.get_or_insert_with(|| "the host side did not write host-stopped within 120 s".into());
             "host did not stop".into()

@@ -475,9 +475,10 @@ fn run() -> Result<i32> {
         x.disable(Kind::DirectWrite, "see DirectRead".into());
     }
     report::info(&format!(
-        "{NAME} config seed={seed} ops={ops} max-size={max} max-io={max_io} file={} direct={}",
+        "{NAME} config seed={seed} ops={ops} max-size={max} max-io={max_io} file={} direct={} dax_files={}",
         path.display(),
-        if x.direct.is_some() { "yes" } else { "no" }
+        if x.direct.is_some() { "yes" } else { "no" },
+        sys::dax_summary([path.as_path()])
     ));
     let weights: Vec<u32> = KINDS.iter().map(|(_, _, w)| *w).collect();
     let t0 = Instant::now();
