@@ -9,14 +9,16 @@ use crate::fs::{DaxMode, Filesystem, Negotiated};
 use crate::fuse::abi::*;
 use crate::fuse::server::{MAX_WRITE, OpResult, Request, Server, ok, ok_empty};
 
-/// Flags we accept whenever the guest offers them.
+/// Flags we accept whenever the guest offers them. Not FUSE_ATOMIC_O_TRUNC: with it the guest
+/// sends OPEN(O_TRUNC) without waiting for its in-flight writeback WRITEs, and the worker pool
+/// may run the OPEN first, so an older WRITE re-extends the file (12 of 100 rounds in a VM).
+/// Without it the guest truncates with SETATTR after its writeback settled.
 const ALWAYS: u64 = FUSE_ASYNC_READ
     | FUSE_PARALLEL_DIROPS
     | FUSE_BIG_WRITES
     | FUSE_AUTO_INVAL_DATA
     | FUSE_ASYNC_DIO
     | FUSE_HAS_IOCTL_DIR
-    | FUSE_ATOMIC_O_TRUNC
     | FUSE_MAX_PAGES
     | FUSE_INIT_EXT
     | FUSE_SETXATTR_EXT
