@@ -243,7 +243,10 @@ pub fn falloc_punch_hole(c: &Ctx) -> Result<Outcome> {
     eq("size unchanged", f.metadata().ctx("fstat")?.len(), 256 * K)?;
     same("content after punch", &read_at(&f, 0, 256 * 1024)?, &data)?;
     let after = blocks(&f)?;
-    ensure!(after + 64 * K <= before, "blocks {before} -> {after}: the 64 KiB hole was not freed");
+    // On a DAX file daxfsd allocates punched ranges under writable mappings again (DESIGN.md
+    // I6: a write fault into a hole could SIGBUS the VM on ENOSPC), so blocks may stay.
+    let dax = guest::sys::is_dax(&c.work.join("fp")).ok().flatten() == Some(true);
+    ensure!(dax || after + 64 * K <= before, "blocks {before} -> {after}: the 64 KiB hole was not freed");
     // A punch past EOF changes nothing.
     if let Some(s) = falloc(&f, punch, 300 * K, 4 * K, "punch past EOF")? {
         return Ok(s);
