@@ -82,7 +82,7 @@ impl Passthrough {
                 None => sys::utimensat(proc_fd, &proc_name, &times)?,
             }
         }
-        let (attr, mnt_id) = sys::statx(inode.path_fd())?;
+        let (attr, mnt_id) = self.dax_stat(&inode)?;
         Ok((self.decorate(attr, mnt_id, None), self.cfg.cache.timeout()))
     }
 }

@@ -84,15 +84,20 @@ impl Passthrough {
         self.reopen(inode, flags).map(IoFd::Own)
     }
 
-    /// statx of an inode; for DAX inodes under the shared semaphore, so it never sees the
-    /// size padded for a moment while the EOF page is mapped.
-    pub(super) fn dax_stat(&self, inode: &Inode) -> io::Result<(crate::fs::Attr, u64)> {
+    /// Runs `op` under the inode's shared semaphore when it has a shared DAX file, so nothing
+    /// it reports (size, data, holes) comes from the instant the file is padded to map its EOF
+    /// page. Every reply that shows a DAX inode's size or data past a page boundary goes through
+    /// here.
+    pub(super) fn dax_stable<T>(&self, inode: &Inode, op: impl FnOnce() -> T) -> T {
         match self.dax_session() {
-            Some(dax) if inode.dax_file.lock().is_ok_and(|f| f.is_some()) => {
-                dax.shared(InodeId(inode.nodeid.0), || sys::statx(inode.path_fd()))
-            }
-            _ => sys::statx(inode.path_fd()),
+            Some(dax) if inode.dax_file.lock().is_ok_and(|f| f.is_some()) => dax.shared(InodeId(inode.nodeid.0), op),
+            _ => op(),
         }
+    }
+
+    /// statx of an inode, never seeing the padded size (see `dax_stable`).
+    pub(super) fn dax_stat(&self, inode: &Inode) -> io::Result<(crate::fs::Attr, u64)> {
+        self.dax_stable(inode, || sys::statx(inode.path_fd()))
     }
 
     /// Truncates a DAX inode: shrinks go through the window's cut/re-install (I4).

@@ -122,7 +122,7 @@ impl Passthrough {
                 }
             }
         };
-        let entry = match name {
+        let mut entry = match name {
             Some(name) => self.do_lookup(&parent_inode, name)?,
             None => self.insert_open_file(fd.as_fd())?,
         };
@@ -132,6 +132,10 @@ impl Passthrough {
             if guest & libc::O_TRUNC != 0 {
                 self.dax_truncate(&inode, shared.as_fd(), 0)?;
             }
+            // The entry must show the size after the O_TRUNC (the guest takes it as the new
+            // file's), and never a size padded for the EOF page.
+            let (attr, mnt_id) = self.dax_stat(&inode)?;
+            entry.attr = self.decorate(attr, mnt_id, Some(&parent_inode));
             shared.try_clone()?
         } else {
             fd

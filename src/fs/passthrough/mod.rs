@@ -174,6 +174,11 @@ impl Passthrough {
         let (attr, mnt_id) = sys::statx(fd.as_fd())?;
         let key = InodeKey { dev: attr.dev, ino: attr.ino, mnt_id };
         let nodeid = self.inodes.lookup_or_insert(key, attr.mode & libc::S_IFMT, fd)?;
+        // A file mapped through DAX may have been padded at that instant: stat it again, stably.
+        let attr = match self.inode(nodeid) {
+            Ok(inode) if inode.dax_file.lock().is_ok_and(|f| f.is_some()) => self.dax_stat(&inode)?.0,
+            _ => attr,
+        };
         Ok(self.entry(nodeid, self.decorate(attr, mnt_id, Some(parent))))
     }
 
@@ -335,7 +340,7 @@ impl Filesystem for Passthrough {
 
     fn read(&self, _ctx: &Context, node: NodeId, w: &mut dyn ZeroCopyWriter, p: ReadParams) -> io::Result<usize> {
         let h = self.handles.get(p.fh, node)?;
-        file::read_into(h.as_fd(), w, p.size, p.offset)
+        self.dax_stable(&h.inode, || file::read_into(h.as_fd(), w, p.size, p.offset))
     }
 
     fn write(&self, _ctx: &Context, node: NodeId, r: &mut dyn ZeroCopyReader, p: WriteParams) -> io::Result<usize> {
@@ -448,7 +453,8 @@ impl Filesystem for Passthrough {
 
     fn lseek(&self, _ctx: &Context, node: NodeId, fh: HandleId, offset: u64, whence: u32) -> io::Result<u64> {
         let whence = i32::try_from(whence).map_err(|_| errno(libc::EINVAL))?;
-        sys::lseek(self.handles.get(fh, node)?.as_fd(), offset, whence)
+        let h = self.handles.get(fh, node)?;
+        self.dax_stable(&h.inode, || sys::lseek(h.as_fd(), offset, whence))
     }
 
     fn copy_file_range(&self, _ctx: &Context, a: CopyRange) -> io::Result<usize> {
