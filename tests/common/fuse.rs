@@ -220,6 +220,17 @@ impl Client {
         assert_eq!(r.used_len, 0);
     }
 
+    /// BATCH_FORGET of (nodeid, nlookup) pairs; no reply is defined, so none may come.
+    pub fn batch_forget(&self, nodes: &[(u64, u64)]) {
+        let mut body = BatchForgetIn { count: nodes.len() as u32, dummy: 0 }.as_bytes().to_vec();
+        for &(nodeid, nlookup) in nodes {
+            body.extend_from_slice(ForgetOne { nodeid, nlookup }.as_bytes());
+        }
+        let hdr = self.header(Opcode::BatchForget as u32, 0, body.len());
+        let r = self.raw(HIPRIO_Q, &[hdr.as_bytes(), &body], 0);
+        assert_eq!(r.used_len, 0);
+    }
+
     pub fn getattr(&self, node: u64) -> Result<AttrOut, Errno> {
         self.call(Opcode::Getattr, node, &[&bytes_of(&GetattrIn::default())], 104).map(|b| parse(&b))
     }
@@ -334,6 +345,11 @@ impl Client {
     pub fn fsync(&self, node: u64, fh: u64, datasync: bool) -> Result<(), Errno> {
         let f = FsyncIn { fh, fsync_flags: if datasync { FUSE_FSYNC_FDATASYNC } else { 0 }, padding: 0 };
         self.call(Opcode::Fsync, node, &[&bytes_of(&f)], 0).map(drop)
+    }
+
+    pub fn fsyncdir(&self, node: u64, fh: u64, datasync: bool) -> Result<(), Errno> {
+        let f = FsyncIn { fh, fsync_flags: if datasync { FUSE_FSYNC_FDATASYNC } else { 0 }, padding: 0 };
+        self.call(Opcode::Fsyncdir, node, &[&bytes_of(&f)], 0).map(drop)
     }
 
     pub fn flush(&self, node: u64, fh: u64, lock_owner: u64) -> Result<(), Errno> {
