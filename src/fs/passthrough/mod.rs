@@ -281,7 +281,12 @@ impl Filesystem for Passthrough {
     }
 
     fn readlink(&self, _ctx: &Context, node: NodeId) -> io::Result<Vec<u8>> {
-        sys::readlink(self.inode(node)?.path_fd())
+        let inode = self.inode(node)?;
+        // readlinkat(fd, "") answers ENOENT for a non-symlink; readlink(2) answers EINVAL.
+        if inode.file_type != libc::S_IFLNK {
+            return Err(errno(libc::EINVAL));
+        }
+        sys::readlink(inode.path_fd())
     }
 
     fn symlink(&self, ctx: &Context, parent: NodeId, name: &CStr, target: &CStr) -> io::Result<Entry> {
@@ -443,7 +448,8 @@ impl Filesystem for Passthrough {
 
     fn fallocate(&self, _ctx: &Context, node: NodeId, fh: HandleId, mode: u32, range: (u64, u64)) -> io::Result<()> {
         self.check_writable()?;
-        let mode = i32::try_from(mode).map_err(|_| errno(libc::EINVAL))?;
+        // Bit for bit: unknown mode bits (bit 31 too) get the host's own answer, EOPNOTSUPP.
+        let mode = i32::from_ne_bytes(mode.to_ne_bytes());
         let h = self.handles.get(fh, node)?;
         if self.is_dax_inode(&h.inode) {
             return self.dax_fallocate(&h.inode, h.as_fd(), mode, range.0, range.1);
