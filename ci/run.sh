@@ -13,6 +13,9 @@ cargo fmt --check
 step "cargo clippy --all-targets -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
 
+step "guest programs: cargo fmt --check, clippy -D warnings"
+(cd vm-tests/guest-programs && cargo fmt --check && cargo clippy --locked --all-targets -- -D warnings)
+
 step "structure checks"
 ci/check-structure.sh
 
@@ -24,7 +27,9 @@ if [[ ${DAXFSD_SKIP_VM:-0} == 1 ]]; then
 elif [[ $(id -u) -ne 0 ]]; then
     echo "vm-tests skipped: they need root (mmdebstrap, chroot)"
 else
-    step "vm-tests quick tier"
+    step "vm-tests quick tier: smoke and frontend conformance"
     vm-tests/quick.sh --daemon target/debug/daxfsd
+    step "vm-tests quick tier: the matrix (posix-smoke, dax-stress, fsx, external-truncate)"
+    vm-tests/matrix.sh --tier quick --daemon target/debug/daxfsd
 fi
 echo "ci: all green"

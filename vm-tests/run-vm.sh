@@ -403,6 +403,12 @@ fi
 if [[ -n $daemon_rc && $daemon_rc != 0 ]] && ((!daemon_died_early)); then
     failures+=("daemon exited with status $daemon_rc")
 fi
+# An ERROR line from the daemon means it could not do something it had to (env_logger's
+# "[time ERROR target] msg" format); a run that logged one fails even if the guest passed.
+daemon_errors=$(grep -a -c -E '^\[[^]]* ERROR ' "$daemon_log" 2>/dev/null || true)
+if ((${daemon_errors:-0} > 0)); then
+    failures+=("daemon logged $daemon_errors ERROR line(s): $(grep -a -m1 -E '^\[[^]]* ERROR ' "$daemon_log")")
+fi
 if ((!timed_out && !daemon_died_early && qemu_rc != 0)); then
     failures+=("QEMU exited with status $qemu_rc")
 fi
