@@ -226,11 +226,9 @@ fn scanner_thread(c: &Client, stop: &AtomicBool) -> (u64, u64, Option<u64>) {
     (reads, eio, first)
 }
 
-#[test]
-fn mappings_race_truncate_punch_and_otrunc_without_sigbus_or_mismatch() {
-    let mut d = Daemon::start(&["--dax-window", "64M", "--thread-pool-size", "4", "--num-request-queues", "2"]);
-    let c = Client::connect_dax(&d.socket, 2, false);
-    let files: Vec<File> = (0..FILES)
+/// The files under stress, with deterministic content and their models.
+fn make_files(c: &Client) -> Vec<File> {
+    (0..FILES)
         .map(|i| {
             let (e, fh) = c.create(1, &format!("stress{i}"), libc::O_RDWR | libc::O_CREAT, 0o644).unwrap();
             let init = pattern_bytes(i as u8, 0, MB2 as usize + 3 * PAGE as usize);
@@ -240,7 +238,14 @@ fn mappings_race_truncate_punch_and_otrunc_without_sigbus_or_mismatch() {
             let slots = (0..SLOTS).map(|_| Slot { lock: RwLock::new(()), generation: AtomicU64::new(0) }).collect();
             File { node: e.nodeid, fh, model: RwLock::new(init), slots }
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn mappings_race_truncate_punch_and_otrunc_without_sigbus_or_mismatch() {
+    let mut d = Daemon::start(&["--dax-window", "64M", "--thread-pool-size", "4", "--num-request-queues", "2"]);
+    let c = Client::connect_dax(&d.socket, 2, false);
+    let files = make_files(&c);
     let counts = Counts::default();
     let errors = Mutex::new(Vec::new());
     let stop = AtomicBool::new(false);
