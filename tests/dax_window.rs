@@ -5,8 +5,9 @@
 mod common;
 
 use common::fuse::*;
-use common::vmm::VmmOptions;
+use common::vmm::{ShmemEvent, ShmemOp, VmmOptions};
 use daxfsd::fuse::abi::*;
+use vhost::vhost_user::VhostUserProtocolFeatures;
 
 const MB2: u64 = 2 << 20;
 const PAGE: u64 = 4096;
@@ -456,4 +457,166 @@ fn padded_eof_page_is_never_visible_to_racing_requests() {
             checks += 1;
         }
     });
+}
+
+/// The INIT flags `Client::connect_dax` offers (`mount -o dax=always`).
+const DAX_INIT: u64 = FUSE_INIT_EXT | FUSE_MAP_ALIGNMENT | FUSE_DO_READDIRPLUS | FUSE_ATOMIC_O_TRUNC | FUSE_MAX_PAGES;
+
+/// Whether every listed window slot reads as zeros (nothing installed there).
+fn slots_read_zeros(c: &Client, slots: std::ops::Range<u64>) -> bool {
+    slots.into_iter().all(|s| c.vmm.window().read(s * MB2, PAGE as usize).unwrap().iter().all(|b| *b == 0))
+}
+
+#[test]
+fn init_again_on_a_mapped_session_unmaps_every_piece() {
+    let (_d, c) = dax_daemon();
+    mapped_file(&c, "a", 3 << 20);
+    let b = c.make_file("b", &pattern_bytes(6, 0, 2 * PAGE as usize));
+    c.setupmapping(b, 0, MB2, R, 2 * MB2).unwrap();
+    assert_eq!(c.vmm.window().pieces().len(), 3);
+    let init = c.do_init(DAX_INIT);
+    assert_ne!(init.flags & FUSE_MAP_ALIGNMENT as u32, 0, "the window is still offered");
+    assert!(c.vmm.window().pieces().is_empty(), "I1: pieces left installed by a new INIT");
+    assert!(slots_read_zeros(&c, 0..3));
+    // The new session knows no node ids of the old one: map the same slots after a LOOKUP. A
+    // table that kept the old mappings would unmap them again, which the frontend refuses.
+    let a = c.lookup(1, "a").unwrap().nodeid;
+    c.setupmapping(a, 0, MB2, RW, 0).unwrap();
+    c.setupmapping(a, MB2, MB2, RW, MB2).unwrap();
+    assert_window_safe(&c, a, 0, 0, 2 * MB2, 0);
+    let log = c.vmm.window().log();
+    let unmapped = log.iter().filter(|e| e.op == ShmemOp::Unmap && e.errno == 0).count();
+    assert_eq!(unmapped, 3, "one acknowledged unmap per piece: {log:?}");
+}
+
+#[test]
+fn reconnect_after_disconnect_starts_with_an_empty_window() {
+    let (mut d, c) = dax_daemon();
+    mapped_file(&c, "f", 3 << 20);
+    assert_eq!(c.vmm.window().pieces().len(), 2);
+    drop(c);
+    let c = Client::connect_dax(&d.socket, 1, false);
+    assert_ne!(c.init.flags & FUSE_MAP_ALIGNMENT as u32, 0, "the window is offered to the new frontend");
+    let n = c.lookup(1, "f").unwrap().nodeid;
+    // The same window ranges as before: the daemon must have forgotten the old frontend's
+    // pieces, neither unmapping them in this one (refused) nor taking them as still mapped.
+    c.setupmapping(n, 0, MB2, RW, 0).unwrap();
+    c.setupmapping(n, MB2, MB2, RW, MB2).unwrap();
+    let log = c.vmm.window().log();
+    let stale = |e: &&ShmemEvent| e.op == ShmemOp::Unmap && e.shm_offset < 2 * MB2;
+    assert!(!log.iter().any(|e| stale(&e)), "the old frontend's pieces unmapped in the new one: {log:?}");
+    assert!(log.iter().filter(|e| e.op == ShmemOp::Map).all(|e| e.errno == 0), "{log:?}");
+    assert_eq!(c.vmm.window().pieces().len(), 2);
+    assert_window_safe(&c, n, 0, 0, 2 * MB2, 0);
+    c.vmm.window().write(MB2 + 10, b"second frontend").unwrap();
+    let fh = c.open(n, libc::O_RDONLY).unwrap();
+    assert_eq!(c.read(n, fh, MB2 + 10, 15).unwrap(), b"second frontend");
+    assert!(d.is_running());
+}
+
+#[test]
+fn dax_window_zero_offers_no_window_and_setupmapping_is_enosys() {
+    let d = Daemon::start(&["--dax-window", "0"]);
+    // A DAX-capable frontend (SHMEM) offering dax=inode at INIT.
+    let c = Client::connect_dax(&d.socket, 1, true);
+    assert!(!c.vmm.protocol_features().contains(VhostUserProtocolFeatures::SHMEM), "SHMEM offered");
+    assert!(c.vmm.shmem_sizes().is_empty());
+    assert_eq!(c.vmm.window().len(), 0);
+    assert_eq!(c.init.flags & FUSE_MAP_ALIGNMENT as u32, 0);
+    assert_eq!(c.init.map_alignment, 0);
+    assert_eq!((u64::from(c.init.flags2) << 32) & FUSE_HAS_INODE_DAX, 0);
+    let n = c.make_file("f", b"plain");
+    assert_eq!(c.lookup(1, "f").unwrap().attr.flags & FUSE_ATTR_DAX, 0);
+    for flags in [R, RW] {
+        assert_eq!(c.setupmapping(n, 0, MB2, flags, 0).unwrap_err(), libc::ENOSYS, "flags {flags}");
+    }
+    assert_eq!(c.removemapping(&[(0, MB2)]).unwrap_err(), libc::ENOSYS);
+    assert!(c.vmm.window().log().is_empty(), "SHMEM_MAP/UNMAP sent without a window");
+    // Plain virtio-fs keeps working.
+    let fh = c.open(n, libc::O_RDONLY).unwrap();
+    assert_eq!(c.read(n, fh, 0, 100).unwrap(), b"plain");
+}
+
+/// A tmpfs mounted on a fresh directory, unmounted when dropped (also when a test fails). Lazily
+/// (MNT_DETACH), in case the daemon still has files open there.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` bytes; EPERM without CAP_SYS_ADMIN.
+    fn mount(size: u64) -> std::io::Result<Tmpfs> {
+        let dir = tempfile::tempdir()?;
+        let target = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+        let data = std::ffi::CString::new(format!("size={size}")).unwrap();
+        // SAFETY: every pointer is a NUL-terminated string that outlives the call.
+        let r = unsafe { libc::mount(c"tmpfs".as_ptr(), target.as_ptr(), c"tmpfs".as_ptr(), 0, data.as_ptr().cast()) };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Tmpfs { dir })
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let target = std::ffi::CString::new(self.dir.path().as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `target` is a NUL-terminated path that outlives the call.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// Writes `path` until its filesystem is full.
+fn fill(path: &std::path::Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0xa5; 64 << 10];
+    let e = loop {
+        if let Err(e) = f.write_all(&chunk) {
+            break e;
+        }
+    };
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+}
+
+/// I6 on a full filesystem: the allocation of a writable mapping fails with ENOSPC before
+/// anything is installed, and the daemon keeps serving. Skipped (with a message) where a tmpfs
+/// cannot be mounted.
+#[test]
+fn setupmapping_of_a_sparse_file_on_a_full_filesystem_answers_enospc() {
+    let fs = match Tmpfs::mount(1 << 20) {
+        Ok(fs) => fs,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) => {
+            eprintln!("SKIPPED: cannot mount a tmpfs ({e}); needs CAP_SYS_ADMIN");
+            return;
+        }
+        Err(e) => panic!("mount tmpfs: {e}"),
+    };
+    // The share lives inside the tmpfs, so the daemon removes it before the tmpfs goes.
+    let share = tempfile::tempdir_in(fs.path()).unwrap();
+    std::fs::write(share.path().join("small"), pattern_bytes(7, 0, 2 * PAGE as usize)).unwrap();
+    std::fs::File::create(share.path().join("sparse")).unwrap().set_len(4 << 20).unwrap();
+    fill(&share.path().join("filler"));
+    let mut d = Daemon::start_in(share, &["--dax-window", "64M"]);
+    let c = Client::connect_dax(&d.socket, 1, false);
+    let sparse = c.lookup(1, "sparse").unwrap().nodeid;
+    assert_eq!(c.setupmapping(sparse, 0, MB2, RW, 0).unwrap_err(), libc::ENOSPC);
+    // A read-only request gets the same answer: the daemon opens the file O_RDWR and installs
+    // the piece writable whenever it may (I1, so the guest's later read->write upgrade needs no
+    // remap), and a writable piece must be allocated first (I6).
+    assert_eq!(c.setupmapping(sparse, 0, MB2, R, 0).unwrap_err(), libc::ENOSPC);
+    let log = c.vmm.window().log();
+    assert!(log.iter().all(|e| e.op != ShmemOp::Map), "a SHMEM_MAP went out before the allocation: {log:?}");
+    // Still serving, mappings included: an allocated file maps writable on the full filesystem.
+    let small = c.lookup(1, "small").unwrap().nodeid;
+    c.setupmapping(small, 0, MB2, RW, 0).unwrap();
+    assert_eq!(c.vmm.window().read(0, 2 * PAGE as usize).unwrap(), pattern_bytes(7, 0, 2 * PAGE as usize));
+    c.vmm.window().write(PAGE, b"full").unwrap();
+    let fh = c.open(small, libc::O_RDONLY).unwrap();
+    assert_eq!(c.read(small, fh, PAGE, 4).unwrap(), b"full");
+    assert!(d.is_running());
 }
