@@ -583,6 +583,14 @@ fn fill(path: &std::path::Path) {
     assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
 }
 
+/// Whether some process holds a lease on inode `ino` (/proc/locks: "1: LEASE ... MAJ:MIN:INO ...").
+fn has_lease(ino: u64) -> bool {
+    std::fs::read_to_string("/proc/locks").unwrap().lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(1) == Some(&"LEASE") && f.get(5).and_then(|d| d.rsplit(':').next()) == Some(ino.to_string().as_str())
+    })
+}
+
 /// I6 on a full filesystem: the allocation of a writable mapping fails with ENOSPC before
 /// anything is installed, and the daemon keeps serving. Skipped (with a message) where a tmpfs
 /// cannot be mounted.
@@ -605,10 +613,15 @@ fn setupmapping_of_a_sparse_file_on_a_full_filesystem_answers_enospc() {
     let c = Client::connect_dax(&d.socket, 1, false);
     let sparse = c.lookup(1, "sparse").unwrap().nodeid;
     assert_eq!(c.setupmapping(sparse, 0, MB2, RW, 0).unwrap_err(), libc::ENOSPC);
+    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(d.path("sparse")).unwrap());
+    assert!(!has_lease(ino), "the failed SETUPMAPPING left its lease behind");
     // A read-only request gets the same answer: the daemon opens the file O_RDWR and installs
     // the piece writable whenever it may (I1, so the guest's later read->write upgrade needs no
-    // remap), and a writable piece must be allocated first (I6).
+    // remap), and a writable piece must be allocated first (I6). A read-only piece would be no
+    // way out: on tmpfs a read fault of a hole needs a page too, and SIGBUSes on a full
+    // filesystem (tried: /proc/self/mem read such a piece as EIO).
     assert_eq!(c.setupmapping(sparse, 0, MB2, R, 0).unwrap_err(), libc::ENOSPC);
+    assert!(!has_lease(ino), "the failed SETUPMAPPING left its lease behind");
     let log = c.vmm.window().log();
     assert!(log.iter().all(|e| e.op != ShmemOp::Map), "a SHMEM_MAP went out before the allocation: {log:?}");
     // Still serving, mappings included: an allocated file maps writable on the full filesystem.
@@ -619,4 +632,28 @@ fn setupmapping_of_a_sparse_file_on_a_full_filesystem_answers_enospc() {
     let fh = c.open(small, libc::O_RDONLY).unwrap();
     assert_eq!(c.read(small, fh, PAGE, 4).unwrap(), b"full");
     assert!(d.is_running());
+}
+
+/// I1 needs acknowledged maps. A frontend without REPLY_ACK gets no DAX: SETUPMAPPING answers
+/// EIO every time, nothing is mapped, the daemon logs why and keeps serving.
+#[test]
+fn setupmapping_without_reply_ack_is_eio_and_maps_nothing() {
+    let d = Daemon::start(&["--dax-window", "64M"]);
+    let opts = VmmOptions { shmem: true, reply_ack: false, mem_size: 128 << 20, ..VmmOptions::default() };
+    let c = Client::connect(&d.socket, 1, opts);
+    c.do_init(FUSE_INIT_EXT | FUSE_MAP_ALIGNMENT);
+    let n = c.make_file("f", &pattern_bytes(1, 0, 8192));
+    for flags in [R, RW] {
+        assert_eq!(c.setupmapping(n, 0, MB2, flags, 0).unwrap_err(), libc::EIO);
+    }
+    assert!(c.vmm.window().pieces().is_empty());
+    assert!(c.vmm.window().log().iter().all(|e| e.op != ShmemOp::Map), "a SHMEM_MAP went out");
+    assert!(d.log().contains("must negotiate REPLY_ACK"), "{}", d.log());
+    assert_eq!(c.getattr(n).unwrap().attr.size, 8192);
+    // The same daemon maps for the next frontend, which acknowledges.
+    drop(c);
+    let c = Client::connect_dax(&d.socket, 1, false);
+    let n = c.lookup(1, "f").unwrap().nodeid;
+    c.setupmapping(n, 0, MB2, R, 0).unwrap();
+    assert_eq!(c.vmm.window().read(0, 8192).unwrap(), pattern_bytes(1, 0, 8192));
 }

@@ -10,6 +10,7 @@ mod window;
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use log::{debug, info, warn};
@@ -66,6 +67,10 @@ pub enum DaxError {
     /// The file cannot be protected against other truncaters (no lease) and policy forbids it.
     #[error("file cannot be protected by a lease: {0}")]
     Unprotected(io::Error),
+    /// The frontend does not acknowledge SHMEM_MAP/UNMAP (no REPLY_ACK), so no map could be
+    /// known to be in place before its reply (I1).
+    #[error("the frontend does not acknowledge window changes (REPLY_ACK not negotiated?)")]
+    NoReplyAck,
     /// A host operation failed.
     #[error("host: {0}")]
     Host(io::Error),
@@ -77,7 +82,7 @@ impl DaxError {
     pub fn errno(&self) -> i32 {
         match self {
             DaxError::OutsideWindow { .. } | DaxError::Overflow { .. } | DaxError::BadFlags(_) => libc::EINVAL,
-            DaxError::NoWindow | DaxError::Frontend(_) | DaxError::Unprotected(_) => libc::EIO,
+            DaxError::NoWindow | DaxError::Frontend(_) | DaxError::Unprotected(_) | DaxError::NoReplyAck => libc::EIO,
             DaxError::Host(e) => match e.raw_os_error() {
                 Some(libc::EAGAIN | libc::ENOMEM) | None => libc::EIO,
                 Some(n) => n,
@@ -132,6 +137,21 @@ struct Inner {
     leases: lease::Leases,
     /// Run the frontend conformance probe at the next SETUPMAPPING.
     probe: std::sync::atomic::AtomicBool,
+    /// Whether this connection's frontend acknowledges window changes: `ACKS_*`.
+    acks: AtomicU8,
+}
+
+/// `Inner::acks`: not checked yet on this connection, checked, or found missing.
+const ACKS_UNKNOWN: u8 = 0;
+const ACKS_CONFIRMED: u8 = 1;
+const ACKS_MISSING: u8 = 2;
+
+/// Allocates `[start, start + len)` of `file` (I6), keeping the mtime: allocation is no
+/// modification.
+fn allocate(file: BorrowedFd<'_>, start: u64, len: u64) -> Result<(), DaxError> {
+    let mtime = sys::mtime(file).map_err(DaxError::Host)?;
+    sys::fallocate_keep_size(file, start, len).map_err(DaxError::Host)?;
+    sys::set_mtime(file, mtime).map_err(DaxError::Host)
 }
 
 fn round_up(x: u64, align: u64) -> u64 {
@@ -150,6 +170,7 @@ impl Dax {
             inodes: Mutex::new(HashMap::new()),
             leases: lease::Leases::new(weak.clone()),
             probe: std::sync::atomic::AtomicBool::new(false),
+            acks: AtomicU8::new(ACKS_UNKNOWN),
         });
         inner.leases.start()?;
         Ok(Dax { inner })
@@ -179,6 +200,7 @@ impl Dax {
     pub fn attach(&self, mapper: Arc<dyn Mapper>) {
         if let Ok(mut m) = self.inner.mapper.write() {
             *m = Some(mapper);
+            self.inner.acks.store(ACKS_UNKNOWN, Ordering::Release);
         }
     }
 
@@ -352,11 +374,21 @@ impl Inner {
     }
 
     fn setup(&self, inode: InodeId, file: &Arc<OwnedFd>, s: Setup) -> Result<(), DaxError> {
+        let r = self.setup_locked(inode, file, s);
+        if r.is_err() {
+            // A lease taken for a mapping that did not happen would only break for nothing.
+            self.release_lease_if_unmapped(inode);
+        }
+        r
+    }
+
+    fn setup_locked(&self, inode: InodeId, file: &Arc<OwnedFd>, s: Setup) -> Result<(), DaxError> {
         let st = self.inode(inode);
         // Exclusive: the EOF page may need the padded map below; the guest serializes its own
         // SETUPMAPPINGs per inode anyway.
         let _g = st.sem.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mapper = self.mapper()?;
+        self.confirm_acks(&*mapper)?;
         if self.probe.swap(false, std::sync::atomic::Ordering::AcqRel) {
             let _t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             probe::run(&*mapper, self.window_len);
@@ -378,11 +410,9 @@ impl Inner {
         let writable = s.writable || sys::is_writable(file.as_fd()).unwrap_or(false);
         if writable && start < eof {
             // I6: a write fault into a hole would SIGBUS the VM on ENOSPC; fail here instead.
-            // Allocation is no modification: keep the mtime fallocate would bump.
-            let mtime = sys::mtime(file.as_fd()).map_err(DaxError::Host)?;
-            let len = s.range.len.min(eof - start);
-            sys::fallocate_keep_size(file.as_fd(), start, len).map_err(DaxError::Host)?;
-            sys::set_mtime(file.as_fd(), mtime).map_err(DaxError::Host)?;
+            // No read-only fallback when a read-only request cannot be allocated: on tmpfs even
+            // a read fault of a hole needs a page, and SIGBUSes when the filesystem is full.
+            allocate(file.as_fd(), start, s.range.len.min(eof - start))?;
         }
         let mut t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if t.has_same(inode, s.range, s.foffset, s.writable) {
@@ -401,6 +431,33 @@ impl Inner {
         })?;
         let file = Arc::clone(file);
         t.insert(Mapping { inode, file, range: s.range, foffset: s.foffset, writable, pieces, revoked: false });
+        Ok(())
+    }
+
+    /// I1 needs the frontend to acknowledge every map and unmap (REPLY_ACK). vhost-user-backend
+    /// 0.24 does not tell the backend which protocol features were acked, and without REPLY_ACK
+    /// its SHMEM_UNMAP returns success without waiting for any answer. So the first SETUPMAPPING
+    /// of a connection unmaps a page nothing covers: a frontend that acknowledges refuses it
+    /// (QEMU 11.1 does, DESIGN.md §3); success means no acknowledgements, and no DAX.
+    fn confirm_acks(&self, mapper: &dyn Mapper) -> Result<(), DaxError> {
+        let t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match self.acks.load(Ordering::Acquire) {
+            ACKS_CONFIRMED => return Ok(()),
+            ACKS_MISSING => return Err(DaxError::NoReplyAck),
+            _ if !t.is_empty() => return Ok(()), // only a checked connection maps anything
+            _ => {}
+        }
+        let last = WinRange { start: WinOffset(self.window_len - self.align), len: self.align };
+        if mapper.unmap(last).is_ok() {
+            log::error!(
+                "DAX off on this connection: the frontend does not acknowledge window changes \
+                 (an unmap of an unmapped page came back as success); it must negotiate REPLY_ACK"
+            );
+            self.acks.store(ACKS_MISSING, Ordering::Release);
+            return Err(DaxError::NoReplyAck);
+        }
+        debug!("the frontend acknowledges window changes");
+        self.acks.store(ACKS_CONFIRMED, Ordering::Release);
         Ok(())
     }
 

@@ -58,6 +58,11 @@ pub struct Table {
 }
 
 impl Table {
+    /// Whether no mapping is recorded (so nothing is installed).
+    pub fn is_empty(&self) -> bool {
+        self.maps.is_empty()
+    }
+
     /// Records a mapping whose pieces are installed.
     pub fn insert(&mut self, m: Mapping) {
         self.maps.insert(m.range.start.0, m);

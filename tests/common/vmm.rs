@@ -58,6 +58,9 @@ pub struct VmmOptions {
     pub indirect: bool,
     /// Offer the SHMEM protocol feature: the DAX window (QEMU 11.1 `vhost-user-test-device`).
     pub shmem: bool,
+    /// Negotiate REPLY_ACK if offered (QEMU always does; off: a frontend that never
+    /// acknowledges the backend's SHMEM_MAP/UNMAP).
+    pub reply_ack: bool,
     /// Bound of every wait: connecting, one vhost-user round trip, one reply.
     pub timeout: Duration,
 }
@@ -70,6 +73,7 @@ impl Default for VmmOptions {
             event_idx: true,
             indirect: true,
             shmem: false,
+            reply_ack: true,
             timeout: Duration::from_secs(10),
         }
     }
@@ -805,6 +809,7 @@ impl Vmm {
 
         let mut wanted = P::MQ | P::REPLY_ACK | P::CONFIG | P::BACKEND_REQ | P::BACKEND_SEND_FD;
         wanted.set(P::SHMEM, opts.shmem);
+        wanted.set(P::REPLY_ACK, opts.reply_ack);
         // set_protocol_features records what it is given as acked: mask by the offer first.
         let protocol = wanted & dog.check("GET_PROTOCOL_FEATURES", fe.get_protocol_features())?;
         dog.check("SET_PROTOCOL_FEATURES", fe.set_protocol_features(protocol))?;
