@@ -2,17 +2,21 @@
 # compare.sh — runs examples/fsbench against daxfsd and virtiofsd, one after the other, on
 # fresh shared directories (tmpfs-free: both under the same filesystem), and prints the tables.
 #
-# Usage: bench/compare.sh [--queues N] [--seconds S] [--threads N]
+# Usage: bench/compare.sh [--queues N] [--seconds S] [--threads N] [--rounds R]
+#   Each round runs every daemon once, in turn; the summary gives each workload's median
+#   ops/s over the rounds and the range. One request is in flight per queue, so the numbers
+#   are latency-bound, and on a shared 2-CPU VM one run varies by 2-3x: use rounds.
 #   virtiofsd 1.14 comes from vm-tests/install-virtiofsd.sh (/opt/virtiofsd/bin/virtiofsd).
 #   virtiofsd serves one request queue only; with --queues > 1 it is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-queues=1 seconds=2 threads=4
+queues=1 seconds=2 threads=4 rounds=3
 while [[ $# -gt 0 ]]; do
     case $1 in
         --queues) queues=$2; shift 2 ;;
         --seconds) seconds=$2; shift 2 ;;
         --threads) threads=$2; shift 2 ;;
+        --rounds) rounds=$2; shift 2 ;;
         *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -28,19 +32,45 @@ trap cleanup EXIT
 run() { # label, daemon command...
     local label=$1; shift
     local dir=$work/$label sock=$work/$label.sock
+    rm -rf "$dir" "$sock"
     mkdir -p "$dir"
     "$@" --shared-dir "$dir" --socket-path "$sock" >"$work/$label.log" 2>&1 &
-    pids+=($!)
+    local pid=$!
+    pids+=("$pid")
     for _ in $(seq 100); do [[ -S $sock ]] && break; sleep 0.1; done
-    target/release/examples/fsbench --socket "$sock" --queues "$queues" --seconds "$seconds" --label "$label"
-    echo
+    target/release/examples/fsbench --socket "$sock" --queues "$queues" --seconds "$seconds" --label "$label" |
+        awk -v l="$label" -F'|' '/^\| [a-z0-9]/ && $3 ~ /[0-9]/ {gsub(/^ +| +$/, "", $2); gsub(/ /, "", $3); print l "|" $2 "|" $3}' \
+        >>"$work/results"
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
 }
 
 echo "host: $(nproc) CPUs, $(uname -r); shared dirs on $(df -T "$work" | awk 'NR==2 {print $2}')"
-run daxfsd target/release/daxfsd --thread-pool-size "$threads" --num-request-queues "$queues" --tag bench
-if [[ $queues -eq 1 ]]; then
-    run virtiofsd-pool "$virtiofsd" --thread-pool-size "$threads" --sandbox none
-    run virtiofsd-default "$virtiofsd" --sandbox none
-else
-    echo "virtiofsd skipped: it has one request queue"
-fi
+echo "$rounds round(s) of ${seconds}s per workload per daemon, $queues request queue(s)"
+labels=(daxfsd)
+[[ $queues -eq 1 ]] && labels+=(virtiofsd-pool virtiofsd-default)
+for ((r = 1; r <= rounds; r++)); do
+    run daxfsd target/release/daxfsd --thread-pool-size "$threads" --num-request-queues "$queues" --tag bench
+    if [[ $queues -eq 1 ]]; then
+        run virtiofsd-pool "$virtiofsd" --thread-pool-size "$threads" --sandbox none
+        run virtiofsd-default "$virtiofsd" --sandbox none
+    fi
+done
+[[ $queues -eq 1 ]] || echo "virtiofsd skipped: it has one request queue"
+
+# Median and range of each (workload, daemon) over the rounds.
+printf '\n| workload |'
+for l in "${labels[@]}"; do printf ' %s ops/s (median, min-max) |' "$l"; done
+printf '\n|---|'
+for _ in "${labels[@]}"; do printf -- '---:|'; done
+printf '\n'
+mapfile -t workloads < <(awk -F'|' '!seen[$2]++ {print $2}' "$work/results")
+for w in "${workloads[@]}"; do
+    printf '| %s |' "$w"
+    for l in "${labels[@]}"; do
+        awk -F'|' -v l="$l" -v w="$w" '$1 == l && $2 == w {print $3}' "$work/results" | sort -n |
+            awk '{v[NR] = $1} END {m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2;
+                 printf " %d (%d-%d) |", m, v[1], v[NR]}'
+    done
+    printf '\n'
+done

@@ -40,6 +40,7 @@ fn main() {
             _ => panic!("usage: daxbench --socket PATH [--iterations N]"),
         }
     }
+    common::keep_heap();
     let c = Client::connect_dax(&socket, 1, false);
     assert!(c.init.flags & FUSE_MAP_ALIGNMENT as u32 != 0, "no DAX window: start daxfsd with --dax-window");
     let (e, fh) = c.create(1, "daxbench", libc::O_RDWR | libc::O_CREAT, 0o644).unwrap();
@@ -76,6 +77,8 @@ fn main() {
             // size is a page multiple, is mapped), which stay mapped while we read: nothing
             // else runs against this file.
             unsafe { std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };
+            // Every copy counts: without this the compiler may drop all but the last.
+            std::hint::black_box(&mut buf);
         }
     }
     let window_bw = (rounds * total) as f64 / t.elapsed().as_secs_f64() / 1e6;

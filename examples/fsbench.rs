@@ -112,6 +112,7 @@ const FILE_MB: u64 = 64;
 
 fn main() {
     let a = args();
+    common::keep_heap();
     let opts = VmmOptions { mem_size: 256 << 20, ..VmmOptions::default() };
     let c = Client::connect(&a.socket, a.queues, opts);
     let mut rows: Vec<(String, f64, Option<f64>)> = Vec::new();
