@@ -243,3 +243,19 @@ fn garbage_flood_never_kills_the_daemon() {
     c.do_init(FUSE_INIT_EXT);
     still_serving(&mut d, &c);
 }
+
+/// A driver that publishes an avail index more than a queue's size ahead: the daemon cannot
+/// read the ring, warns, and must not spin on it. Once the index is sane again, the queue works.
+#[test]
+fn avail_index_past_the_queue_size_is_refused_without_a_spin() {
+    let mut d = Daemon::start(&[]);
+    let c = d.client();
+    assert!(c.getattr(1).is_ok());
+    let size = 256u16; // VmmOptions::default().queue_size
+    for (n, ahead) in [(1, size + 1), (2, u16::MAX)] {
+        c.vmm.poke_avail_idx(REQ_Q, ahead).unwrap();
+        d.wait_for_log(&format!("cannot read the ring: invalid available ring index (more descriptors to process than queue size) ({n} times"));
+        c.vmm.poke_avail_idx(REQ_Q, 0).unwrap();
+        still_serving(&mut d, &c);
+    }
+}

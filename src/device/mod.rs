@@ -16,7 +16,7 @@ use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserShMemConfig
 use vhost_user_backend::{VhostUserBackend, VringMutex, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::{DescriptorChain, QueueT};
+use virtio_queue::{DescriptorChain, QueueOwnedT};
 use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier};
@@ -72,6 +72,8 @@ pub struct FsDevice<F: Filesystem + 'static> {
     lock_waiters: Arc<AtomicUsize>,
     dax: Option<Arc<Dax>>,
     link: Mutex<DaxLink>,
+    /// Kicks that found a ring we cannot read (bad avail index, queue not ready).
+    bad_rings: AtomicUsize,
 }
 
 /// A failure to start or run the device.
@@ -97,6 +99,7 @@ impl<F: Filesystem + 'static> FsDevice<F> {
             lock_waiters: Arc::new(AtomicUsize::new(0)),
             dax,
             link: Mutex::new(DaxLink::default()),
+            bad_rings: AtomicUsize::new(0),
         })
     }
 
@@ -157,9 +160,21 @@ impl<F: Filesystem + 'static> FsDevice<F> {
             loop {
                 // Own statement: a `while let` would keep the vring lock for the loop body, and
                 // the workers completing requests need that lock.
-                let next = vring.get_mut().get_queue_mut().pop_descriptor_chain(Arc::clone(&mem));
-                let Some(chain) = next else { break };
-                self.submit(qidx, vring.clone(), Arc::clone(&mem), chain);
+                let next = vring.get_mut().get_queue_mut().iter(Arc::clone(&mem)).map(|mut it| it.next());
+                match next {
+                    Ok(Some(chain)) => self.submit(qidx, vring.clone(), Arc::clone(&mem), chain),
+                    Ok(None) => break,
+                    Err(e) => {
+                        // The guest's avail index is bogus, or the queue is not set up. Stop
+                        // here: re-arming would report that index as new work forever (a spin
+                        // the guest could cause). The next kick tries again.
+                        let n = self.bad_rings.fetch_add(1, Ordering::Relaxed) + 1;
+                        if n.is_power_of_two() {
+                            warn!("queue {qidx}: cannot read the ring: {e} ({n} times so far)");
+                        }
+                        return Ok(());
+                    }
+                }
             }
             if !event_idx || !vring.enable_notification().map_err(io::Error::other)? {
                 return Ok(());
