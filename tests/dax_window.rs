@@ -657,3 +657,25 @@ fn setupmapping_without_reply_ack_is_eio_and_maps_nothing() {
     c.setupmapping(n, 0, MB2, R, 0).unwrap();
     assert_eq!(c.vmm.window().read(0, 8192).unwrap(), pattern_bytes(1, 0, 8192));
 }
+
+/// A device reset (QEMU: a guest reboot) drops the frontend's mappings itself. The daemon
+/// forgets its own without sending unmaps, and the re-initialized device maps the same ranges.
+#[test]
+fn device_reset_forgets_every_mapping_without_unmaps() {
+    let (_d, mut c) = dax_daemon();
+    let n = c.make_file("f", &pattern_bytes(6, 0, 8192));
+    c.setupmapping(n, 0, MB2, RW, 0).unwrap();
+    c.setupmapping(n, 0, MB2, R, 4 * MB2).unwrap();
+    c.vmm.reset_device().unwrap();
+    assert!(c.vmm.window().pieces().is_empty());
+    let seen = c.vmm.window().log().len();
+    c.init = c.do_init(FUSE_INIT_EXT | FUSE_MAP_ALIGNMENT);
+    assert_ne!(c.init.flags & FUSE_MAP_ALIGNMENT as u32, 0, "the window survives a reset");
+    let n = c.lookup(1, "f").unwrap().nodeid;
+    c.setupmapping(n, 0, MB2, RW, 0).unwrap();
+    c.setupmapping(n, 0, MB2, R, 4 * MB2).unwrap();
+    let after: Vec<_> = c.vmm.window().log().split_off(seen);
+    assert!(after.iter().all(|e| e.op == ShmemOp::Map && e.errno == 0), "after the reset: {after:?}");
+    assert_eq!(after.len(), 2);
+    assert_eq!(c.vmm.window().read(4 * MB2, 8192).unwrap(), pattern_bytes(6, 0, 8192));
+}

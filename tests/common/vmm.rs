@@ -333,7 +333,10 @@ impl Virtqueue {
             return Err(einval());
         }
         let (_, len) = SplitRing::layout(0, size);
-        let (ring, _) = SplitRing::layout(g.alloc(len, PAGE)?, size);
+        let at = g.alloc(len, PAGE)?;
+        // A driver starts from zeroed rings; reused guest memory may hold old requests.
+        g.mem.write_slice(&vec![0; len as usize], GuestAddress(at)).map_err(mem_err)?;
+        let (ring, _) = SplitRing::layout(at, size);
         let state = QueueState { free: (0..size).rev().collect(), ..Default::default() };
         Ok(Self {
             ring,
@@ -641,6 +644,16 @@ impl Window {
         Ok(())
     }
 
+    /// Drops every piece without a request, as QEMU does on a device reset.
+    fn drop_all(&self) -> io::Result<()> {
+        let mut st = self.state.lock().unwrap();
+        for (&start, p) in &st.pieces {
+            self.zero(start, p.len)?;
+        }
+        st.pieces.clear();
+        Ok(())
+    }
+
     /// Puts anonymous read-only zero pages back over `[start, start + len)` of the window.
     fn zero(&self, start: u64, len: u64) -> io::Result<()> {
         let addr = (self.base as u64 + start) as *mut libc::c_void;
@@ -787,6 +800,43 @@ pub struct Vmm {
     closed: bool,
 }
 
+/// FEATURES_OK, the memory table, then each vring, enabled: the driver's part of bringing the
+/// device up, at connect and again after a reset.
+fn bring_up(
+    fe: &mut Frontend,
+    dog: &Watchdog,
+    guest: &GuestMem,
+    num_queues: usize,
+    queue_size: u16,
+    features: u64,
+) -> io::Result<Vec<Virtqueue>> {
+    dog.check("SET_FEATURES", fe.set_features(features))?;
+    let regions = guest.mem.iter().map(VhostUserMemoryRegionInfo::from_guest_region).collect::<Result<Vec<_>, _>>();
+    dog.check("SET_MEM_TABLE", regions.and_then(|r| fe.set_mem_table(&r)))?;
+    let queues = (0..num_queues).map(|_| Virtqueue::new(guest, queue_size)).collect::<io::Result<Vec<_>>>()?;
+    for (i, q) in queues.iter().enumerate() {
+        let hva = |a: GuestAddress| guest.mem.get_host_address(a).map(|p| p as u64).map_err(mem_err);
+        let ring = q.ring;
+        let addrs = VringConfigData {
+            queue_max_size: ring.size,
+            queue_size: ring.size,
+            flags: 0,
+            // Frontend virtual addresses: the backend translates them through the mem table.
+            desc_table_addr: hva(ring.desc)?,
+            used_ring_addr: hva(ring.used)?,
+            avail_ring_addr: hva(ring.avail)?,
+            log_addr: None,
+        };
+        dog.check("SET_VRING_NUM", fe.set_vring_num(i, ring.size))?;
+        dog.check("SET_VRING_BASE", fe.set_vring_base(i, 0))?;
+        dog.check("SET_VRING_ADDR", fe.set_vring_addr(i, &addrs))?;
+        dog.check("SET_VRING_CALL", fe.set_vring_call(i, &q.call))?;
+        dog.check("SET_VRING_KICK", fe.set_vring_kick(i, &q.kick))?;
+        dog.check("SET_VRING_ENABLE", fe.set_vring_enable(i, true))?;
+    }
+    Ok(queues)
+}
+
 impl Vmm {
     /// Connects (retrying while the socket is absent or refuses) and brings the device up the
     /// way QEMU does: owner, features, protocol features, queue count, config, shmem config,
@@ -807,7 +857,7 @@ impl Vmm {
             | u64::from(opts.event_idx) << VIRTIO_RING_F_EVENT_IDX;
         let features = needed | (offered & optional);
 
-        let mut wanted = P::MQ | P::REPLY_ACK | P::CONFIG | P::BACKEND_REQ | P::BACKEND_SEND_FD;
+        let mut wanted = P::MQ | P::REPLY_ACK | P::CONFIG | P::BACKEND_REQ | P::BACKEND_SEND_FD | P::RESET_DEVICE;
         wanted.set(P::SHMEM, opts.shmem);
         wanted.set(P::REPLY_ACK, opts.reply_ack);
         // set_protocol_features records what it is given as acked: mask by the offer first.
@@ -837,33 +887,8 @@ impl Vmm {
         if protocol.contains(P::BACKEND_REQ) {
             channel = Some(Channel::start(&mut fe, &dog, window.clone(), protocol.contains(P::REPLY_ACK))?);
         }
-        dog.check("SET_FEATURES", fe.set_features(features))?;
-
         let guest = GuestMem::new(opts.mem_size)?;
-        let regions = guest.mem.iter().map(VhostUserMemoryRegionInfo::from_guest_region).collect::<Result<Vec<_>, _>>();
-        dog.check("SET_MEM_TABLE", regions.and_then(|r| fe.set_mem_table(&r)))?;
-        let queues =
-            (0..num_queues).map(|_| Virtqueue::new(&guest, opts.queue_size)).collect::<io::Result<Vec<_>>>()?;
-        for (i, q) in queues.iter().enumerate() {
-            let hva = |a: GuestAddress| guest.mem.get_host_address(a).map(|p| p as u64).map_err(mem_err);
-            let ring = q.ring;
-            let addrs = VringConfigData {
-                queue_max_size: ring.size,
-                queue_size: ring.size,
-                flags: 0,
-                // Frontend virtual addresses: the backend translates them through the mem table.
-                desc_table_addr: hva(ring.desc)?,
-                used_ring_addr: hva(ring.used)?,
-                avail_ring_addr: hva(ring.avail)?,
-                log_addr: None,
-            };
-            dog.check("SET_VRING_NUM", fe.set_vring_num(i, ring.size))?;
-            dog.check("SET_VRING_BASE", fe.set_vring_base(i, 0))?;
-            dog.check("SET_VRING_ADDR", fe.set_vring_addr(i, &addrs))?;
-            dog.check("SET_VRING_CALL", fe.set_vring_call(i, &q.call))?;
-            dog.check("SET_VRING_KICK", fe.set_vring_kick(i, &q.kick))?;
-            dog.check("SET_VRING_ENABLE", fe.set_vring_enable(i, true))?;
-        }
+        let queues = bring_up(&mut fe, &dog, &guest, num_queues, opts.queue_size, features)?;
         drop(dog);
         let timeout = opts.timeout;
         Ok(Self {
@@ -880,6 +905,22 @@ impl Vmm {
             timeout,
             closed: false,
         })
+    }
+
+    /// VHOST_USER_RESET_DEVICE, as QEMU sends on a guest reset: the frontend drops every window
+    /// mapping itself, then the driver brings the device up again, with fresh queues.
+    pub fn reset_device(&mut self) -> io::Result<()> {
+        let dog = Watchdog::arm(&self.sock, self.timeout)?;
+        // QEMU stops every vring first (GET_VRING_BASE), then resets.
+        for i in 0..self.queues.len() {
+            dog.check("GET_VRING_BASE", self.frontend.get_vring_base(i))?;
+        }
+        dog.check("RESET_DEVICE", self.frontend.reset_device())?;
+        self.window.drop_all()?;
+        let size = self.queues.first().map_or(256, |q| q.ring.size);
+        let n = self.queues.len();
+        self.queues = bring_up(&mut self.frontend, &dog, &self.guest, n, size, self.features)?;
+        Ok(())
     }
 
     /// The acked virtio features.
@@ -915,6 +956,17 @@ impl Vmm {
 
     fn queue(&self, queue: usize) -> io::Result<&Virtqueue> {
         self.queues.get(queue).ok_or_else(einval)
+    }
+
+    /// Publishes an avail index `ahead` entries past the true one and kicks, as a buggy or
+    /// hostile driver might; 0 writes the true index back (and kicks).
+    pub fn poke_avail_idx(&self, queue: usize, ahead: u16) -> io::Result<()> {
+        let q = self.queue(queue)?;
+        let st = q.state.lock().unwrap();
+        let v = st.next_avail.wrapping_add(ahead);
+        let at = GuestAddress(q.ring.avail.0 + 2);
+        self.guest.mem.store(v.to_le(), at, Ordering::Release).map_err(mem_err)?;
+        q.kick.write(1)
     }
 
     /// Makes a chain of `descs` available on `queue` and kicks.
