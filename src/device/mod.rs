@@ -147,15 +147,16 @@ impl<F: Filesystem + 'static> FsDevice<F> {
         c
     }
 
-    /// Pops every available chain of `vring` and hands each to a worker.
-    fn drain_queue(&self, qidx: usize, vring: &VringMutex<GuestMemoryAtomic<GuestMem>>) -> io::Result<()> {
+    /// Pops every available chain of `vring` and hands each to a worker. A ring it cannot read
+    /// ends the drain with a warning, never the queue's thread: the next kick tries again.
+    fn drain_queue(&self, qidx: usize, vring: &VringMutex<GuestMemoryAtomic<GuestMem>>) {
         let Some(mem) = self.mem.read().ok().and_then(|m| m.as_ref().map(|a| a.memory().into_inner())) else {
-            return Ok(());
+            return;
         };
         let event_idx = self.event_idx.load(Ordering::Relaxed);
         loop {
-            if event_idx {
-                vring.disable_notification().map_err(io::Error::other)?;
+            if event_idx && let Err(e) = vring.disable_notification() {
+                return self.bad_ring(qidx, &e);
             }
             loop {
                 // Own statement: a `while let` would keep the vring lock for the loop body, and
@@ -164,21 +165,27 @@ impl<F: Filesystem + 'static> FsDevice<F> {
                 match next {
                     Ok(Some(chain)) => self.submit(qidx, vring.clone(), Arc::clone(&mem), chain),
                     Ok(None) => break,
-                    Err(e) => {
-                        // The guest's avail index is bogus, or the queue is not set up. Stop
-                        // here: re-arming would report that index as new work forever (a spin
-                        // the guest could cause). The next kick tries again.
-                        let n = self.bad_rings.fetch_add(1, Ordering::Relaxed) + 1;
-                        if n.is_power_of_two() {
-                            warn!("queue {qidx}: cannot read the ring: {e} ({n} times so far)");
-                        }
-                        return Ok(());
-                    }
+                    // The guest's avail index is bogus, or the queue is not set up. Stop here:
+                    // re-arming would report that index as new work forever (a guest-made spin).
+                    Err(e) => return self.bad_ring(qidx, &e),
                 }
             }
-            if !event_idx || !vring.enable_notification().map_err(io::Error::other)? {
-                return Ok(());
+            if !event_idx {
+                return;
             }
+            match vring.enable_notification() {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => return self.bad_ring(qidx, &e),
+            }
+        }
+    }
+
+    /// Logs a ring the daemon cannot use, at counts 1, 2, 4, 8, ... (the guest controls the rate).
+    fn bad_ring(&self, qidx: usize, e: &dyn std::fmt::Display) {
+        let n = self.bad_rings.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            warn!("queue {qidx}: cannot read the ring: {e} ({n} times so far)");
         }
     }
 
@@ -369,6 +376,7 @@ impl<F: Filesystem + 'static> VhostUserBackend for FsDevice<F> {
             warn!("event for unknown queue {device_event}");
             return Ok(());
         };
-        self.drain_queue(qidx, vring)
+        self.drain_queue(qidx, vring);
+        Ok(())
     }
 }
