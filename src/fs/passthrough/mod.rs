@@ -175,8 +175,8 @@ impl Passthrough {
         let key = InodeKey { dev: attr.dev, ino: attr.ino, mnt_id };
         let nodeid = self.inodes.lookup_or_insert(key, attr.mode & libc::S_IFMT, fd)?;
         // A file mapped through DAX may have been padded at that instant: stat it again, stably.
-        let attr = match self.inode(nodeid) {
-            Ok(inode) if inode.dax_file.lock().is_ok_and(|f| f.is_some()) => self.dax_stat(&inode)?.0,
+        let attr = match self.dax_session().map(|_| self.inode(nodeid)) {
+            Some(Ok(inode)) if inode.dax_file.lock().is_ok_and(|f| f.is_some()) => self.dax_stat(&inode)?.0,
             _ => attr,
         };
         Ok(self.entry(nodeid, self.decorate(attr, mnt_id, Some(parent))))
