@@ -46,6 +46,8 @@
 #   --timeout SECS       kill the VM after SECS (default: 120)
 #   --log-dir DIR        keep serial.log, daemon.log, qemu.log there
 #   --keep               keep the work dir (logs, default share) and say where
+#   --reboot             a guest reboot resets the machine instead of ending QEMU
+#                        (for the guest's `reboot` test: a device reset under DAX)
 #   --verbose            stream the guest console to stderr while it runs
 #   --interactive        console on this terminal, shell in the guest after
 #                        the tests (daxfsd.shell=1), no timeout or parsing;
@@ -85,6 +87,7 @@ mem=1G
 timeout=120
 log_dir=
 keep=0
+reboot=0
 verbose=0
 interactive=0
 
@@ -101,6 +104,7 @@ while (($#)); do
         --*=*) set -- "${opt%%=*}" "${opt#*=}" "${@:2}"; continue ;;
         -h | --help) usage ;;
         --keep) keep=1; shift; continue ;;
+        --reboot) reboot=1; shift; continue ;;
         --verbose) verbose=1; shift; continue ;;
         --interactive) interactive=1; shift; continue ;;
     esac
@@ -276,9 +280,10 @@ esac
 qemu_args+=(
     -kernel "$kernel_in_tree" -initrd "$run_in_tree/initramfs.cpio.gz"
     -append "$cmdline"
-    -nographic -no-reboot -nic none
+    -nographic -nic none
     "${qemu_extra[@]}"
 )
+((reboot)) || qemu_args+=(-no-reboot)
 log "qemu: qemu-system-x86_64 ${qemu_args[*]}"
 
 # QEMU runs chrooted in the tree, in a private mount namespace that gives it
