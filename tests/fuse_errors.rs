@@ -19,12 +19,6 @@ const UNKNOWN_NODE: u64 = 987_654;
 /// A handle id the daemon never handed out.
 const UNKNOWN_FH: u64 = 876_543;
 
-/// After a bad request, the daemon must still be alive and answer a good one.
-fn still_serving(d: &mut Daemon, c: &Client) {
-    assert!(c.getattr(1).is_ok(), "daemon stopped answering:\n{}", d.log());
-    assert!(d.is_running(), "daemon exited:\n{}", d.log());
-}
-
 /// Asserts that `r` failed with exactly `want`, then that the daemon still serves.
 fn assert_errno<T>(d: &mut Daemon, c: &Client, r: Result<T, Errno>, want: i32, what: &str) {
     match r {

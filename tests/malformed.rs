@@ -9,12 +9,6 @@ use common::vmm::Desc;
 use daxfsd::fuse::abi::*;
 use zerocopy::IntoBytes;
 
-/// After a bad request, the daemon must still be alive and answer a good one.
-fn still_serving(d: &mut Daemon, c: &Client) {
-    assert!(c.getattr(1).is_ok(), "daemon stopped answering:\n{}", d.log());
-    assert!(d.is_running(), "daemon exited:\n{}", d.log());
-}
-
 fn errno_of(reply: &common::vmm::Reply, unique: u64) -> i32 {
     check_reply(reply, unique).unwrap_err()
 }

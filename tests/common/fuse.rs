@@ -488,3 +488,9 @@ pub fn pattern(seed: u8, o: usize) -> u8 {
 pub fn pattern_bytes(seed: u8, from: usize, len: usize) -> Vec<u8> {
     (from..from + len).map(|o| pattern(seed, o)).collect()
 }
+
+/// After a bad request, the daemon must still be alive and answer a good one.
+pub fn still_serving(d: &mut Daemon, c: &Client) {
+    assert!(c.getattr(1).is_ok(), "daemon stopped answering:\n{}", d.log());
+    assert!(d.is_running(), "daemon exited:\n{}", d.log());
+}
