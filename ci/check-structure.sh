@@ -22,6 +22,7 @@ forbid src/fuse 'crate::(device|fs::passthrough|sandbox)|vhost(_user_backend)?::
 forbid src/fs 'crate::(fuse|device)|vhost' "fs/ must not use fuse, device or vhost"
 forbid src/device 'fs::passthrough' "device/ must not use passthrough internals"
 forbid src/cli.rs 'crate::' "cli.rs must not use other modules"
+forbid src/sandbox 'crate::(fuse|fs|dax|device|cli)' "sandbox/ must not use other modules"
 
 while read -r f; do
     n=$(wc -l < "$f")

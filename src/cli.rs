@@ -22,7 +22,7 @@ pub enum InodeFileHandles {
     Mandatory,
 }
 
-/// Sandbox modes (accepted for compatibility; see --help).
+/// Sandbox modes (virtiofsd's `--sandbox`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Sandbox {
     Namespace,
@@ -30,7 +30,7 @@ pub enum Sandbox {
     None,
 }
 
-/// seccomp actions (accepted for compatibility; see --help).
+/// What seccomp does with a syscall off the allowlist (virtiofsd's `--seccomp`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Seccomp {
     None,
@@ -131,12 +131,25 @@ pub struct Options {
     /// How inodes are held: only `never` (O_PATH fds) is implemented; `prefer` falls back to it.
     #[arg(long, value_enum, default_value_t = InodeFileHandles::Never, require_equals = true, num_args = 0..=1, default_missing_value = "prefer")]
     pub inode_file_handles: InodeFileHandles,
-    /// Sandbox mode. Accepted for compatibility: no sandbox is applied yet (run in a container or VM-per-tenant host).
-    #[arg(long, value_enum, default_value_t = Sandbox::None, ignore_case = true)]
+    /// Sandbox: `namespace` (new pid, mount, net, IPC namespaces with the shared directory as
+    /// root; a user namespace when not root), `chroot` (root only), or `none`.
+    #[arg(long, value_enum, default_value_t = Sandbox::Namespace, ignore_case = true)]
     pub sandbox: Sandbox,
-    /// seccomp action. Accepted for compatibility: no seccomp filter is installed yet.
-    #[arg(long, value_enum, default_value_t = Seccomp::None)]
+    /// What happens to a syscall off the seccomp allowlist: kill the process, log it, trap
+    /// (fail it and report on stderr), or none (no filter).
+    #[arg(long, value_enum, default_value_t = Seccomp::Kill, ignore_case = true)]
     pub seccomp: Seccomp,
+    /// Change the kept capability set: `+name` adds, `-name` removes, ':'-separated
+    /// (e.g. `+sys_admin:-mknod`).
+    #[arg(long)]
+    pub modcaps: Option<String>,
+    /// User-namespace uid map for a rootless daemon, `:namespace_uid:host_uid:count:`
+    /// (repeatable; needs newuidmap unless it maps only the daemon's own uid).
+    #[arg(long)]
+    pub uid_map: Vec<String>,
+    /// User-namespace gid map for a rootless daemon, `:namespace_gid:host_gid:count:`.
+    #[arg(long)]
+    pub gid_map: Vec<String>,
     /// Size of the DAX window (shm region 0): a power of two, a multiple of 2 MiB, with an
     /// optional K/M/G suffix; 0 disables DAX. Needs a frontend with SHMEM (QEMU >= 11.1's
     /// vhost-user-test-device-pci); others get plain virtio-fs.

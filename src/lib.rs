@@ -7,3 +7,4 @@ pub mod dax;
 pub mod device;
 pub mod fs;
 pub mod fuse;
+pub mod sandbox;

@@ -17,6 +17,7 @@ use daxfsd::device::{DeviceConfig, FsDevice, MAX_TAG_LEN};
 use daxfsd::fs::passthrough::{CachePolicy, Config, DaxFiles, Passthrough};
 use daxfsd::fs::sys;
 use daxfsd::fuse::Server;
+use daxfsd::sandbox::{self, CapSet, Confined, Entered, IdMap, SandboxError, SeccompMode};
 
 /// Why the daemon could not start; each says what the operator should do.
 #[derive(Debug, thiserror::Error)]
@@ -45,11 +46,13 @@ enum StartupError {
     DaxWindow(String),
     #[error("cannot set up the DAX window: {0}")]
     Dax(std::io::Error),
+    #[error("{0}")]
+    Sandbox(#[from] SandboxError),
 }
 
 fn main() -> ExitCode {
     match run() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             error!("{e}");
             #[allow(clippy::print_stderr)]
@@ -93,7 +96,7 @@ fn dax_window(s: &str) -> Result<u64, StartupError> {
     Ok(bytes)
 }
 
-fn make_dax(o: &Options) -> Result<Option<Arc<Dax>>, StartupError> {
+fn make_dax(o: &Options, maps: Option<sandbox::MapsClient>) -> Result<Option<Arc<Dax>>, StartupError> {
     let len = dax_window(&o.dax_window)?;
     if len == 0 {
         return Ok(None);
@@ -106,10 +109,13 @@ fn make_dax(o: &Options) -> Result<Option<Arc<Dax>>, StartupError> {
     if o.dax_probe_frontend {
         dax.probe_frontend();
     }
+    if let Some(maps) = maps {
+        dax.set_mapped_elsewhere(Arc::new(move |dev, ino| maps.mapped_elsewhere(dev, ino)));
+    }
     Ok(Some(Arc::new(dax)))
 }
 
-fn fs_config(o: &Options, shared_dir: PathBuf, dax: Option<Arc<Dax>>) -> Config {
+fn fs_config(o: &Options, confined: Confined, dax: Option<Arc<Dax>>) -> Config {
     let cache = match o.cache {
         Cache::Never => CachePolicy::Never,
         Cache::Metadata => CachePolicy::Metadata,
@@ -122,7 +128,8 @@ fn fs_config(o: &Options, shared_dir: PathBuf, dax: Option<Arc<Dax>>) -> Config 
         cli::DaxFiles::None => DaxFiles::None,
     };
     Config {
-        root: shared_dir,
+        root: confined.root,
+        proc_self_fd: confined.proc_self_fd.map(Arc::new),
         dax,
         dax_files,
         cache,
@@ -215,10 +222,36 @@ fn check_options(o: &Options) -> Result<(), StartupError> {
         InodeFileHandles::Prefer => warn!("file handles are not implemented yet; holding inodes as O_PATH fds"),
         InodeFileHandles::Never => {}
     }
-    if o.sandbox != cli::Sandbox::None || o.seccomp != cli::Seccomp::None {
-        warn!("--sandbox and --seccomp are accepted but not implemented yet: the daemon runs unconfined");
-    }
     Ok(())
+}
+
+/// The sandbox the options ask for; anything it cannot give fails the start.
+struct Confinement {
+    mode: sandbox::Mode,
+    seccomp: SeccompMode,
+    caps: CapSet,
+    uid_map: Vec<IdMap>,
+    gid_map: Vec<IdMap>,
+}
+
+fn confinement(o: &Options, dax: bool) -> Result<Confinement, StartupError> {
+    let mode = match o.sandbox {
+        cli::Sandbox::Namespace => sandbox::Mode::Namespace,
+        cli::Sandbox::Chroot => sandbox::Mode::Chroot,
+        cli::Sandbox::None => sandbox::Mode::None,
+    };
+    let seccomp = match o.seccomp {
+        cli::Seccomp::None => SeccompMode::None,
+        cli::Seccomp::Kill => SeccompMode::Kill,
+        cli::Seccomp::Log => SeccompMode::Log,
+        cli::Seccomp::Trap => SeccompMode::Trap,
+    };
+    let mut caps = CapSet::daemon_default(dax);
+    if let Some(spec) = &o.modcaps {
+        caps = caps.modify(spec)?;
+    }
+    let maps = |v: &[String]| v.iter().map(|m| m.parse()).collect::<Result<Vec<IdMap>, _>>();
+    Ok(Confinement { mode, seccomp, caps, uid_map: maps(&o.uid_map)?, gid_map: maps(&o.gid_map)? })
 }
 
 fn pool_size(requested: usize) -> usize {
@@ -229,29 +262,49 @@ fn pool_size(requested: usize) -> usize {
     (2 * cpus).max(4)
 }
 
-fn run() -> Result<(), StartupError> {
+/// Parses and checks everything, listens, enters the sandbox (the process that started stays
+/// outside as the supervisor and returns the daemon's exit code), then builds and serves.
+fn run() -> Result<u8, StartupError> {
     let o = Options::parse();
     if o.print_capabilities {
         cli::print_capabilities();
-        return Ok(());
+        return Ok(0);
     }
     init_logging(o.log_level);
     check_options(&o)?;
-    let shared_dir = o.shared_dir.clone().unwrap_or_default();
+    let shared_dir = std::fs::canonicalize(o.shared_dir.clone().unwrap_or_default())
+        .map_err(|e| StartupError::SharedDir(o.shared_dir.clone().unwrap_or_default(), e))?;
     check_dir(&shared_dir)?;
+    let dax_on = dax_window(&o.dax_window)? != 0;
+    let c = confinement(&o, dax_on)?;
     set_rlimit(o.rlimit_nofile)?;
-    let dax = make_dax(&o)?;
-    let fs = Passthrough::new(fs_config(&o, shared_dir.clone(), dax.clone()))
-        .map_err(|e| StartupError::SharedDir(shared_dir, e))?;
+    let threads = pool_size(o.thread_pool_size);
+    let mut listener = listen(&o)?;
+    let plan = sandbox::Plan {
+        mode: c.mode,
+        shared_dir: &shared_dir,
+        uid_map: c.uid_map,
+        gid_map: c.gid_map,
+        scan: daxfsd::dax::mapped_by_other_process,
+        seccomp: c.seccomp,
+    };
+    let mut confined = match sandbox::enter(&plan)? {
+        Entered::Exited(code) => return Ok(code),
+        Entered::Daemon(confined) => confined,
+    };
+    sandbox::lock_down(c.caps, c.seccomp)?;
+    let dax = make_dax(&o, confined.maps.take())?;
+    let root = confined.root.clone();
+    let fs = Passthrough::new(fs_config(&o, confined, dax.clone())).map_err(|e| StartupError::SharedDir(root, e))?;
     let cfg = DeviceConfig {
         tag: o.tag.clone(),
         num_request_queues: usize::from(o.num_request_queues),
         queue_size: usize::from(o.queue_size),
-        thread_pool_size: pool_size(o.thread_pool_size),
+        thread_pool_size: threads,
     };
     let device = Arc::new(FsDevice::new(cfg, Server::new(fs), dax).map_err(|e| StartupError::Device(e.to_string()))?);
-    let mut listener = listen(&o)?;
-    serve(&device, &mut listener, o.once)
+    serve(&device, &mut listener, o.once)?;
+    Ok(0)
 }
 
 fn check_dir(p: &Path) -> Result<(), StartupError> {

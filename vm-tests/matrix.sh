@@ -23,7 +23,10 @@
 #                      dir, kept only when a cell failed)
 #   --list             print the cells and the per-tier arguments, and exit
 #
-# Cells are named MODE-qN-CACHE, e.g. nodax-q1-auto, dax-always-q2-never.
+# Cells are named MODE-qN-CACHE, e.g. nodax-q1-auto, dax-always-q2-never, all
+# under the default sandbox (namespace, seccomp kill); three more cells run
+# one other sandbox mode each: rootless-* (the daemon as uid 65534 in a user
+# namespace), chroot-* and sbnone-* (--sandbox none).
 # DAX cells need a daemon with --dax-window; without it they are skipped
 # (SKIP line). DAX cells use QEMU's vhost-user-test-device-pci (run-vm.sh
 # --device dax), which takes the window size from the backend
@@ -88,6 +91,10 @@ for mode in nodax dax-always dax-inode; do
     done
 done
 
+# The sandbox modes other than the default, one cell each: a rootless daemon (user namespace,
+# as uid 65534), chroot, and none.
+all_cells+=(rootless-dax-always-q1-auto chroot-dax-inode-q1-auto sbnone-nodax-q1-auto)
+
 if ((list)); then
     printf '%s\n' "${all_cells[@]}"
     printf 'tier %s args:\n  posix-smoke %s\n  dax-stress %s\n  fsx %s\n  external-truncate %s\n  host-external-truncate.sh %s\n' \
@@ -134,6 +141,7 @@ trap cleanup EXIT
 # A private copy of the daemon: a rebuild during the run must not swap it.
 mkdir -p "$work/bin" "$work/args"
 cp "$daemon" "$work/bin/daemon"
+chmod 0755 "$work" "$work/bin"  # a rootless cell's daemon runs as another user
 daemon_copy=$work/bin/daemon
 daemon_kind=daxfsd
 if "$daemon_copy" --version 2>/dev/null | grep -qi virtiofsd; then
@@ -192,8 +200,13 @@ ops_of() {
 for cell in "${all_cells[@]}"; do
     [[ $cell =~ $cells_re ]] || continue
     matched=$((matched + 1))
-    mode=${cell%-q*}
-    rest=${cell#"$mode"-q}
+    sandbox=default
+    case $cell in
+        rootless-* | chroot-* | sbnone-*) sandbox=${cell%%-*} ;;
+    esac
+    base=${cell#"$sandbox"-}
+    mode=${base%-q*}
+    rest=${base#"$mode"-q}
     q=${rest%%-*}
     cache=${rest#*-}
     if [[ $mode != nodax ]] && ((!has_dax)); then
@@ -213,6 +226,11 @@ for cell in "${all_cells[@]}"; do
         nodax) run_args+=(--device fs) ;;
         dax-always) run_args+=(--device dax --mount-opts dax=always --daemon-arg=--dax-window=1G) ;;
         dax-inode) run_args+=(--device dax --mount-opts dax=inode --daemon-arg=--dax-window=1G) ;;
+    esac
+    case $sandbox in
+        rootless) run_args+=(--daemon-user 65534) ;;
+        chroot) run_args+=(--daemon-arg=--sandbox=chroot) ;;
+        sbnone) run_args+=(--daemon-arg=--sandbox=none) ;;
     esac
     for a in "${extra_daemon_args[@]}"; do
         run_args+=("--daemon-arg=$a")

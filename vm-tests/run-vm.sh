@@ -10,6 +10,9 @@
 #   --daemon PATH        daemon binary; started as
 #                        PATH --socket-path S --shared-dir D --tag T [ARGS]
 #   --daemon-arg ARG     extra daemon argument (repeatable)
+#   --daemon-user UID    run the daemon as this unprivileged uid (rootless: its
+#                        gid is the same number); the share and socket dir are
+#                        given to it
 #   --device fs|dax      fs:  vhost-user-fs-pci (no DAX window)
 #                        dax: vhost-user-test-device-pci, virtio-id=26, which
 #                             asks the backend for its shared memory (DAX)
@@ -67,6 +70,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 daemon=
 daemon_args=()
+daemon_user=
 device=fs
 queues=1
 queue_size=1024
@@ -114,6 +118,7 @@ while (($#)); do
     case $opt in
         --daemon) daemon=$val ;;
         --daemon-arg) daemon_args+=("$val") ;;
+        --daemon-user) daemon_user=$val ;;
         --device) device=$val ;;
         --queues) queues=$val ;;
         --queue-size) queue_size=$val ;;
@@ -241,6 +246,14 @@ sock=$run/vfs.sock
 ((${#sock} < 108)) || die "socket path too long: $sock (set DAXFSD_VM_CACHE shorter)"
 daemon_cmd=("$daemon" --socket-path "$sock" --shared-dir "$share" --tag "$tag"
     "${daemon_args[@]}")
+if [[ -n $daemon_user ]]; then
+    # Rootless: the user owns the share and the socket's directory; QEMU (root) connects.
+    chown "$daemon_user:$daemon_user" "$run"
+    chown -R "$daemon_user:$daemon_user" "$share"
+    chmod 0755 "$work"
+    daemon_cmd=(setpriv --reuid="$daemon_user" --regid="$daemon_user" --clear-groups
+        "${daemon_cmd[@]}")
+fi
 log "daemon: ${daemon_cmd[*]}"
 # setsid: its own process group, so everything it forks is ended with it.
 setsid "${daemon_cmd[@]}" </dev/null >"$daemon_log" 2>&1 &

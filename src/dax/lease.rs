@@ -153,7 +153,7 @@ impl Leases {
             (inode, file)
         };
         inner.revoke(inode);
-        wait_unmapped_elsewhere(&file);
+        wait_unmapped_elsewhere(inner, &file);
         let Ok(mut st) = self.state.lock() else { return };
         st.held.remove(&inode);
         st.by_fd.remove(&fd);
@@ -197,10 +197,10 @@ impl Leases {
 /// frees memory regions after an RCU grace period, and a TCG vCPU may still hit the old pages
 /// meanwhile). Measured in a VM: releasing the lease on the ack let a host truncate SIGBUS
 /// QEMU. So the lease is released only once no other process maps the file any more.
-fn wait_unmapped_elsewhere(file: &OwnedFd) {
+fn wait_unmapped_elsewhere(inner: &Inner, file: &OwnedFd) {
     let Ok((dev, ino)) = sys::dev_ino(file.as_fd()) else { return };
     let deadline = std::time::Instant::now() + UNMAP_WAIT;
-    while sys::mapped_by_other_process(dev, ino) {
+    while inner.is_mapped_elsewhere(dev, ino) {
         if std::time::Instant::now() >= deadline {
             log::warn!(
                 "the frontend still maps inode {ino} {UNMAP_WAIT:?} after unmapping it; releasing the lease anyway"

@@ -139,6 +139,16 @@ struct Inner {
     probe: std::sync::atomic::AtomicBool,
     /// Whether this connection's frontend acknowledges window changes: `ACKS_*`.
     acks: AtomicU8,
+    /// Who answers "does another process still map this file?" (I5); None: scan /proc here.
+    mapped_elsewhere: RwLock<Option<MappedElsewhere>>,
+}
+
+/// Answers whether a process other than the daemon maps file (dev, ino), for I5's wait.
+pub type MappedElsewhere = Arc<dyn Fn(u64, u64) -> bool + Send + Sync>;
+
+/// Whether a process not in `exclude` maps file (dev, ino), per this process's /proc/*/maps.
+pub fn mapped_by_other_process(dev: u64, ino: u64, exclude: &[i32]) -> bool {
+    sys::mapped_by_other_process(dev, ino, exclude)
 }
 
 /// `Inner::acks`: not checked yet on this connection, checked, or found missing.
@@ -171,9 +181,18 @@ impl Dax {
             leases: lease::Leases::new(weak.clone()),
             probe: std::sync::atomic::AtomicBool::new(false),
             acks: AtomicU8::new(ACKS_UNKNOWN),
+            mapped_elsewhere: RwLock::new(None),
         });
         inner.leases.start()?;
         Ok(Dax { inner })
+    }
+
+    /// Routes I5's "does another process still map this file?" through `f` (the sandbox's
+    /// supervisor, which can still see the frontend's /proc/PID/maps).
+    pub fn set_mapped_elsewhere(&self, f: MappedElsewhere) {
+        if let Ok(mut m) = self.inner.mapped_elsewhere.write() {
+            *m = Some(f);
+        }
     }
 
     /// Probes the frontend's SHMEM rules at the next guest SETUPMAPPING (`--dax-probe-frontend`).
@@ -516,6 +535,15 @@ impl Inner {
 
     /// I5: another opener broke the lease. Unmap every piece of the inode (keeping the
     /// mappings) before the breaker may proceed; the lease is released by the caller after.
+    /// Whether a process other than this one maps (dev, ino).
+    fn is_mapped_elsewhere(&self, dev: u64, ino: u64) -> bool {
+        let f = self.mapped_elsewhere.read().ok().and_then(|m| m.clone());
+        match f {
+            Some(f) => f(dev, ino),
+            None => sys::mapped_by_other_process(dev, ino, &[]),
+        }
+    }
+
     fn revoke(&self, inode: InodeId) {
         let st = self.inode(inode);
         let _g = st.sem.write().unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -180,19 +180,26 @@ pub fn dev_ino(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
     Ok((st.st_dev, st.st_ino))
 }
 
-/// Whether a process other than this one has the file (dev, ino) mapped, per /proc/*/maps.
-pub fn mapped_by_other_process(dev: u64, ino: u64) -> bool {
+/// Whether a process other than this one and those in `exclude` has the file (dev, ino)
+/// mapped, per /proc/*/maps. A process whose maps cannot be read counts as mapping it.
+pub fn mapped_by_other_process(dev: u64, ino: u64, exclude: &[i32]) -> bool {
     let me = std::process::id().to_string();
+    let excluded: Vec<String> = exclude.iter().map(i32::to_string).collect();
     let want_dev = format!("{:02x}:{:02x}", libc::major(dev), libc::minor(dev));
     let want_ino = ino.to_string();
     let Ok(procs) = std::fs::read_dir("/proc") else { return false };
     procs.flatten().any(|p| {
         let name = p.file_name();
         let name = name.to_string_lossy();
-        if name == me || !name.bytes().all(|b| b.is_ascii_digit()) {
+        if name == me || excluded.iter().any(|x| *x == name) || !name.bytes().all(|b| b.is_ascii_digit()) {
             return false;
         }
-        let Ok(maps) = std::fs::read_to_string(p.path().join("maps")) else { return false };
+        let maps = match std::fs::read_to_string(p.path().join("maps")) {
+            Ok(m) => m,
+            // A process whose maps we may not read (a rootless scanner, a frontend with more
+            // privileges) might map it: say so, and the caller waits out its bound.
+            Err(e) => return e.kind() == std::io::ErrorKind::PermissionDenied,
+        };
         maps.lines().any(|l| {
             let mut f = l.split_ascii_whitespace().skip(3);
             f.next() == Some(want_dev.as_str()) && f.next() == Some(want_ino.as_str())

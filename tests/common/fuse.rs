@@ -84,6 +84,24 @@ impl Daemon {
         self.share.path().join(name)
     }
 
+    /// The pid of the process we started (the sandbox's supervisor, unless `--sandbox none`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The pid of the process that serves requests: the deepest descendant of the one we
+    /// started (supervisor -> namespace init waiter -> daemon), as the host sees it.
+    pub fn serving_pid(&self) -> u32 {
+        let mut pid = self.child.id();
+        loop {
+            let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+            match kids.split_whitespace().next().and_then(|k| k.parse().ok()) {
+                Some(k) => pid = k,
+                None => return pid,
+            }
+        }
+    }
+
     /// Whether the daemon process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()

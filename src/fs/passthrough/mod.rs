@@ -58,6 +58,8 @@ impl CachePolicy {
 #[derive(Clone, Default)]
 pub struct Config {
     pub root: PathBuf,
+    /// An O_PATH fd of /proc/self/fd opened by the sandbox (None: open it here).
+    pub proc_self_fd: Option<Arc<OwnedFd>>,
     /// The DAX window, when enabled (`--dax-window`).
     pub dax: Option<Arc<crate::dax::Dax>>,
     /// Which files get FUSE_ATTR_DAX under `-o dax=inode`.
@@ -112,7 +114,10 @@ impl Passthrough {
         let path = CString::new(cfg.root.as_os_str().as_encoded_bytes()).map_err(|_| errno(libc::EINVAL))?;
         let cwd = sys::cwd();
         let root_fd = sys::openat(cwd, &path, libc::O_PATH | libc::O_DIRECTORY, 0)?;
-        let proc_fd = sys::openat(cwd, c"/proc/self/fd", libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        let proc_fd = match &cfg.proc_self_fd {
+            Some(fd) => fd.try_clone()?,
+            None => sys::openat(cwd, c"/proc/self/fd", libc::O_PATH | libc::O_DIRECTORY, 0)?,
+        };
         let generation = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(1).max(1);
         let fs = Passthrough {
             cfg,
