@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use log::{debug, info, warn};
+use log::{debug, info};
 use vhost::vhost_user::Backend;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserShMemConfig, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringMutex, VringT};
@@ -382,12 +382,12 @@ impl<F: Filesystem + 'static> VhostUserBackend for FsDevice<F> {
         _thread: usize,
     ) -> io::Result<()> {
         if evset != EventSet::IN {
-            warn!("unexpected event set {evset:?} on queue {device_event}");
+            warn_limited!("unexpected event set {evset:?} on queue {device_event}");
             return Ok(());
         }
         let qidx = usize::from(device_event);
         let Some(vring) = vrings.get(qidx) else {
-            warn!("event for unknown queue {device_event}");
+            warn_limited!("event for unknown queue {device_event}");
             return Ok(());
         };
         self.drain_queue(qidx, vring);
