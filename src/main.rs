@@ -45,6 +45,8 @@ enum StartupError {
     DaxWindow(String),
     #[error("cannot set up the DAX window: {0}")]
     Dax(std::io::Error),
+    #[error("cannot block SIGIO: {0}")]
+    Sigio(std::io::Error),
 }
 
 fn main() -> ExitCode {
@@ -236,6 +238,9 @@ fn run() -> Result<(), StartupError> {
         return Ok(());
     }
     init_logging(o.log_level);
+    // First, before any thread starts, so that every thread inherits the mask: a SIGIO (a lost
+    // lease-break signal, or anyone's kill) must never end the daemon.
+    daxfsd::dax::block_sigio_in_process().map_err(StartupError::Sigio)?;
     check_options(&o)?;
     let shared_dir = o.shared_dir.clone().unwrap_or_default();
     check_dir(&shared_dir)?;

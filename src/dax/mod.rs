@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use log::{debug, info, warn};
 
+pub use self::lease::block_sigio_in_process;
 pub use self::window::Table;
 use self::window::{Mapping, Piece};
 
