@@ -48,6 +48,8 @@ enum StartupError {
     Dax(std::io::Error),
     #[error("{0}")]
     Sandbox(#[from] SandboxError),
+    #[error("cannot block SIGIO: {0}")]
+    Sigio(std::io::Error),
 }
 
 fn main() -> ExitCode {
@@ -110,7 +112,7 @@ fn make_dax(o: &Options, maps: Option<sandbox::MapsClient>) -> Result<Option<Arc
         dax.probe_frontend();
     }
     if let Some(maps) = maps {
-        dax.set_mapped_elsewhere(Arc::new(move |dev, ino| maps.mapped_elsewhere(dev, ino)));
+        dax.set_mapped_elsewhere(Arc::new(move |dev, ino, among| maps.processes_mapping(dev, ino, among)));
     }
     Ok(Some(Arc::new(dax)))
 }
@@ -271,6 +273,9 @@ fn run() -> Result<u8, StartupError> {
         return Ok(0);
     }
     init_logging(o.log_level);
+    // First, before any thread starts, so that every thread inherits the mask: a SIGIO (a lost
+    // lease-break signal, or anyone's kill) must never end the daemon.
+    daxfsd::dax::block_sigio_in_process().map_err(StartupError::Sigio)?;
     check_options(&o)?;
     let shared_dir = std::fs::canonicalize(o.shared_dir.clone().unwrap_or_default())
         .map_err(|e| StartupError::SharedDir(o.shared_dir.clone().unwrap_or_default(), e))?;
@@ -285,7 +290,7 @@ fn run() -> Result<u8, StartupError> {
         shared_dir: &shared_dir,
         uid_map: c.uid_map,
         gid_map: c.gid_map,
-        scan: daxfsd::dax::mapped_by_other_process,
+        scan: daxfsd::dax::processes_mapping,
         seccomp: c.seccomp,
     };
     let mut confined = match sandbox::enter(&plan)? {

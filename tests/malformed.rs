@@ -253,3 +253,31 @@ fn avail_index_past_the_queue_size_is_refused_without_a_spin() {
         still_serving(&mut d, &c);
     }
 }
+
+/// Lines in `log` containing `needle`.
+fn log_lines(log: &str, needle: &str) -> usize {
+    log.lines().filter(|l| l.contains(needle)).count()
+}
+
+/// A guest repeating a fault must not flood the log: each kind is logged at counts 1, 2, 4, ...
+/// (7 lines for 100 occurrences), not once per request.
+#[test]
+fn repeated_guest_faults_are_logged_at_powers_of_two() {
+    let mut d = Daemon::start(&[]);
+    let c = d.client();
+    for _ in 0..100 {
+        let hdr = c.header(Opcode::Getattr as u32, 1, 16);
+        assert_eq!(c.raw(REQ_Q, &[&hdr.as_bytes()[..20]], 256).used_len, 0);
+        assert_eq!(c.call(Opcode::Read, 1, &[&[0u8; 39]], 104).unwrap_err(), libc::EINVAL);
+        let hdr = c.header(Opcode::Getattr as u32, 1, 16);
+        let r = c.raw(REQ_Q, &[hdr.as_bytes(), GetattrIn::default().as_bytes()], 20);
+        assert_eq!(errno_of(&r, hdr.unique), libc::ERANGE);
+        c.do_init(FUSE_INIT_EXT);
+    }
+    still_serving(&mut d, &c);
+    let log = d.log();
+    for needle in ["request without a readable header", "malformed request", "does not fit the guest", "FUSE INIT"] {
+        let n = log_lines(&log, needle);
+        assert!((1..=8).contains(&n), "{n} log lines for {needle:?}:\n{log}");
+    }
+}

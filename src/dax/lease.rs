@@ -1,17 +1,18 @@
 //! I5: read/write leases on files with installed pieces, and the thread that handles lease
 //! breaks: it revokes the inode's pieces before releasing the lease (so the breaker proceeds
 //! only once nothing of the file is installed), then re-takes the lease and re-installs to the
-//! current EOF once the file is stable again.
+//! current EOF once the file is stable again. A break whose signal was lost (SIGIO instead)
+//! is found by checking every held lease.
 
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use log::{debug, error, info};
+use log::{debug, error, info, warn};
 
 use super::{Inner, InodeId, sys};
 
@@ -22,6 +23,9 @@ const LEASE_ATTEMPTS: u32 = 20;
 const LEASE_RETRY: Duration = Duration::from_millis(10);
 /// How long a lease break waits for the frontend to drop the unmapped pages.
 const UNMAP_WAIT: Duration = Duration::from_secs(2);
+/// First and longest pause between checks of the processes still mapping a broken file.
+const UNMAP_POLL_MIN: Duration = Duration::from_millis(1);
+const UNMAP_POLL_MAX: Duration = Duration::from_millis(16);
 
 #[derive(Default)]
 struct State {
@@ -37,6 +41,16 @@ pub(super) struct Leases {
     tid: AtomicI32,
     stop: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// SIGIOs taken (lost lease-break signals), for a rate-limited warning.
+    lost: AtomicU64,
+}
+
+/// Blocks SIGIO for the whole process. Call it before any thread starts (threads inherit the
+/// mask): the kernel falls back to SIGIO, whose default action ends the process, when a
+/// lease-break signal cannot be queued, and anyone may send SIGIO. Blocked everywhere, it is
+/// only ever taken by the lease thread (which checks every lease then) or stays pending.
+pub fn block_sigio_in_process() -> io::Result<()> {
+    sys::block_sigio()
 }
 
 impl Leases {
@@ -47,6 +61,7 @@ impl Leases {
             tid: AtomicI32::new(0),
             stop: Arc::default(),
             thread: Mutex::new(None),
+            lost: AtomicU64::new(0),
         }
     }
 
@@ -56,7 +71,7 @@ impl Leases {
         let stop = Arc::clone(&self.stop);
         let (tx, rx) = std::sync::mpsc::channel();
         let t = std::thread::Builder::new().name("daxfsd-lease".into()).spawn(move || {
-            let blocked = sys::block_lease_signal();
+            let blocked = sys::block_lease_signals();
             let _ = tx.send((sys::gettid(), blocked.is_ok()));
             if let Err(e) = blocked {
                 error!("cannot block the lease signal; lease breaks will not be handled: {e}");
@@ -163,6 +178,27 @@ impl Leases {
         st.revoked.insert(inode, file);
     }
 
+    /// SIGIO: a lease-break signal may have been lost, so check every held lease; one that is
+    /// being broken (F_GETLEASE reports less than was taken) is handled as a break.
+    fn rescan(&self, inner: &Inner) {
+        let n = self.lost.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        if n.is_power_of_two() {
+            warn!("SIGIO instead of a lease-break signal (queue full?): checking every lease ({n} times so far)");
+        }
+        let held: Vec<Arc<OwnedFd>> = match self.state.lock() {
+            Ok(st) => st.held.values().cloned().collect(),
+            Err(_) => return,
+        };
+        for file in held {
+            let (Ok(now), Ok(taken)) = (sys::lease_now(file.as_fd()), sys::lease_type(file.as_fd())) else {
+                continue;
+            };
+            if now != taken {
+                self.broken(inner, file.as_raw_fd());
+            }
+        }
+    }
+
     /// Retries revoked files: a new lease means no other opener is left; re-install then.
     fn retry(&self, inner: &Inner) {
         let revoked: Vec<(InodeId, Arc<OwnedFd>)> = match self.state.lock() {
@@ -196,27 +232,34 @@ impl Leases {
 /// The frontend acknowledges SHMEM_UNMAP before its mapping leaves its address space (QEMU
 /// frees memory regions after an RCU grace period, and a TCG vCPU may still hit the old pages
 /// meanwhile). Measured in a VM: releasing the lease on the ack let a host truncate SIGBUS
-/// QEMU. So the lease is released only once no other process maps the file any more.
+/// QEMU. So the lease is released only once no process that mapped the file at the break maps
+/// it any more. One scan of all of /proc finds them; later checks read only their maps, so
+/// repeated breaks stay cheap. A process that had not mapped the file by then is not waited
+/// for: the frontend maps only on the daemon's SHMEM_MAP, and none is sent during a revoke.
 fn wait_unmapped_elsewhere(inner: &Inner, file: &OwnedFd) {
     let Ok((dev, ino)) = sys::dev_ino(file.as_fd()) else { return };
     let deadline = std::time::Instant::now() + UNMAP_WAIT;
-    while inner.is_mapped_elsewhere(dev, ino) {
+    let mut pids = inner.processes_mapping(dev, ino, None);
+    let mut pause = UNMAP_POLL_MIN;
+    while !pids.is_empty() {
         if std::time::Instant::now() >= deadline {
-            log::warn!(
-                "the frontend still maps inode {ino} {UNMAP_WAIT:?} after unmapping it; releasing the lease anyway"
-            );
+            warn!("the frontend still maps inode {ino} {UNMAP_WAIT:?} after unmapping it; releasing the lease anyway");
             return;
         }
-        std::thread::sleep(Duration::from_millis(1));
+        std::thread::sleep(pause);
+        pause = pause.saturating_mul(2).min(UNMAP_POLL_MAX);
+        pids = inner.processes_mapping(dev, ino, Some(&pids));
     }
 }
 
 fn run(inner: &Weak<Inner>, stop: &AtomicBool) {
     while !stop.load(Ordering::Acquire) {
-        let fd = sys::wait_signal(RETRY);
+        let signal = sys::wait_signal(RETRY);
         let Some(inner) = inner.upgrade() else { return };
-        if let Some(fd) = fd {
-            inner.leases.broken(&inner, fd);
+        match signal {
+            Some(sys::LeaseSignal::Break(fd)) => inner.leases.broken(&inner, fd),
+            Some(sys::LeaseSignal::Lost) => inner.leases.rescan(&inner),
+            None => {}
         }
         inner.leases.retry(&inner);
     }

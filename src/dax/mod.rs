@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use log::{debug, info, warn};
 
+pub use self::lease::block_sigio_in_process;
 pub use self::window::Table;
 use self::window::{Mapping, Piece};
 
@@ -143,12 +144,14 @@ struct Inner {
     mapped_elsewhere: RwLock<Option<MappedElsewhere>>,
 }
 
-/// Answers whether a process other than the daemon maps file (dev, ino), for I5's wait.
-pub type MappedElsewhere = Arc<dyn Fn(u64, u64) -> bool + Send + Sync>;
+/// The processes other than the daemon that map file (dev, ino), among the given pids or all
+/// (None), for I5's wait (`sys::processes_mapping`'s contract).
+pub type MappedElsewhere = Arc<dyn Fn(u64, u64, Option<&[u32]>) -> Vec<u32> + Send + Sync>;
 
-/// Whether a process not in `exclude` maps file (dev, ino), per this process's /proc/*/maps.
-pub fn mapped_by_other_process(dev: u64, ino: u64, exclude: &[i32]) -> bool {
-    sys::mapped_by_other_process(dev, ino, exclude)
+/// The processes other than this one and `exclude` that map file (dev, ino), per this
+/// process's view of /proc (the sandbox's supervisor answers the daemon with it).
+pub fn processes_mapping(dev: u64, ino: u64, among: Option<&[u32]>, exclude: &[u32]) -> Vec<u32> {
+    sys::processes_mapping(dev, ino, among, exclude)
 }
 
 /// `Inner::acks`: not checked yet on this connection, checked, or found missing.
@@ -535,12 +538,12 @@ impl Inner {
 
     /// I5: another opener broke the lease. Unmap every piece of the inode (keeping the
     /// mappings) before the breaker may proceed; the lease is released by the caller after.
-    /// Whether a process other than this one maps (dev, ino).
-    fn is_mapped_elsewhere(&self, dev: u64, ino: u64) -> bool {
+    /// The processes other than this one that map (dev, ino), among `among` or all.
+    fn processes_mapping(&self, dev: u64, ino: u64, among: Option<&[u32]>) -> Vec<u32> {
         let f = self.mapped_elsewhere.read().ok().and_then(|m| m.clone());
         match f {
-            Some(f) => f(dev, ino),
-            None => sys::mapped_by_other_process(dev, ino, &[]),
+            Some(f) => f(dev, ino, among),
+            None => sys::processes_mapping(dev, ino, among, &[]),
         }
     }
 

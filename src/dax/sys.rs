@@ -1,4 +1,5 @@
-//! Syscalls the DAX layer makes: file size, allocation, leases and the lease-break signal.
+//! Syscalls the DAX layer makes: file size, allocation, leases, the lease-break signals, and
+//! which processes map a file (/proc).
 #![allow(unsafe_code)]
 
 use std::io;
@@ -104,27 +105,54 @@ pub fn lease_type(fd: BorrowedFd<'_>) -> io::Result<libc::c_int> {
     Ok(if fl & libc::O_ACCMODE == libc::O_RDONLY { libc::F_RDLCK } else { libc::F_WRLCK })
 }
 
-fn sigset_of(sig: libc::c_int) -> libc::sigset_t {
+fn sigset_of(sigs: &[libc::c_int]) -> libc::sigset_t {
     let mut set = MaybeUninit::<libc::sigset_t>::zeroed();
     // SAFETY: `set` is a writable sigset; sigemptyset initializes it.
     unsafe { libc::sigemptyset(set.as_mut_ptr()) };
-    // SAFETY: `set` was initialized just above; `sig` is a valid signal number.
-    unsafe { libc::sigaddset(set.as_mut_ptr(), sig) };
+    for &sig in sigs {
+        // SAFETY: `set` was initialized just above; `sig` is a valid signal number.
+        unsafe { libc::sigaddset(set.as_mut_ptr(), sig) };
+    }
     // SAFETY: initialized by sigemptyset.
     unsafe { set.assume_init() }
 }
 
-/// Blocks `lease_signal()` in the calling thread, so it is only ever taken by `wait_signal`.
-pub fn block_lease_signal() -> io::Result<()> {
-    let set = sigset_of(lease_signal());
+/// The signals the lease thread takes: `lease_signal()`, and SIGIO, which the kernel sends
+/// instead (without the fd) when the realtime signal cannot be queued.
+fn lease_signals() -> libc::sigset_t {
+    sigset_of(&[lease_signal(), libc::SIGIO])
+}
+
+fn block(set: &libc::sigset_t) -> io::Result<()> {
     // SAFETY: `set` is a valid sigset; only the calling thread's mask changes.
-    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut()) };
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, set, std::ptr::null_mut()) };
     if r != 0 { Err(io::Error::from_raw_os_error(r)) } else { Ok(()) }
 }
 
-/// Waits up to `timeout` for `lease_signal()`; returns the fd it names, if one arrived.
-pub fn wait_signal(timeout: Duration) -> Option<libc::c_int> {
-    let set = sigset_of(lease_signal());
+/// Blocks `lease_signal()` and SIGIO in the calling thread, so they are only ever taken by
+/// `wait_signal`.
+pub fn block_lease_signals() -> io::Result<()> {
+    block(&lease_signals())
+}
+
+/// Blocks SIGIO in the calling thread and in every thread it starts from now on.
+pub fn block_sigio() -> io::Result<()> {
+    block(&sigset_of(&[libc::SIGIO]))
+}
+
+/// What `wait_signal` took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseSignal {
+    /// The lease on this fd is being broken.
+    Break(libc::c_int),
+    /// SIGIO: a lease-break signal was lost (queue full), or someone sent SIGIO. Any lease may
+    /// be breaking.
+    Lost,
+}
+
+/// Waits up to `timeout` for `lease_signal()` or SIGIO.
+pub fn wait_signal(timeout: Duration) -> Option<LeaseSignal> {
+    let set = lease_signals();
     let ts = libc::timespec {
         tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(1),
         tv_nsec: libc::c_long::from(timeout.subsec_nanos()),
@@ -135,11 +163,21 @@ pub fn wait_signal(timeout: Duration) -> Option<libc::c_int> {
     if r < 0 {
         return None;
     }
+    if r != lease_signal() {
+        return Some(LeaseSignal::Lost);
+    }
     // SAFETY: sigtimedwait succeeded and filled `info`.
     let info = unsafe { info.assume_init() };
     // siginfo for SIGPOLL-style signals: si_band (long) then si_fd (int), after the header
     // (si_signo, si_errno, si_code, and padding to 8 bytes).
-    Some(si_fd(&info))
+    Some(LeaseSignal::Break(si_fd(&info)))
+}
+
+/// F_GETLEASE: the lease the fd holds now; while a break is pending, the type it is being
+/// broken to (F_UNLCK, or F_RDLCK for a write lease being downgraded).
+pub fn lease_now(fd: BorrowedFd<'_>) -> io::Result<libc::c_int> {
+    // SAFETY: plain fcntl on a borrowed fd.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETLEASE) })
 }
 
 fn si_fd(info: &libc::siginfo_t) -> libc::c_int {
@@ -180,29 +218,47 @@ pub fn dev_ino(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
     Ok((st.st_dev, st.st_ino))
 }
 
-/// Whether a process other than this one and those in `exclude` has the file (dev, ino)
-/// mapped, per /proc/*/maps. A process whose maps cannot be read counts as mapping it.
-pub fn mapped_by_other_process(dev: u64, ino: u64, exclude: &[i32]) -> bool {
-    let me = std::process::id().to_string();
-    let excluded: Vec<String> = exclude.iter().map(i32::to_string).collect();
+/// The processes other than this one and `exclude` that map the file (dev, ino), per
+/// /proc/<pid>/maps: among `among` only, or among every process when `None` (a scan of all
+/// of /proc). A process whose maps this one may not read is not seen (the README says when
+/// that happens: a rootless supervisor and a frontend of another user).
+pub fn processes_mapping(dev: u64, ino: u64, among: Option<&[u32]>, exclude: &[u32]) -> Vec<u32> {
+    let me = std::process::id();
     let want_dev = format!("{:02x}:{:02x}", libc::major(dev), libc::minor(dev));
     let want_ino = ino.to_string();
-    let Ok(procs) = std::fs::read_dir("/proc") else { return false };
-    procs.flatten().any(|p| {
-        let name = p.file_name();
-        let name = name.to_string_lossy();
-        if name == me || excluded.iter().any(|x| *x == name) || !name.bytes().all(|b| b.is_ascii_digit()) {
-            return false;
-        }
-        let maps = match std::fs::read_to_string(p.path().join("maps")) {
-            Ok(m) => m,
-            // A process whose maps we may not read (a rootless scanner, a frontend with more
-            // privileges) might map it: say so, and the caller waits out its bound.
-            Err(e) => return e.kind() == std::io::ErrorKind::PermissionDenied,
-        };
+    let maps_file = |pid: u32| {
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { return false };
         maps.lines().any(|l| {
             let mut f = l.split_ascii_whitespace().skip(3);
             f.next() == Some(want_dev.as_str()) && f.next() == Some(want_ino.as_str())
         })
-    })
+    };
+    let candidates: Vec<u32> = match among {
+        Some(pids) => pids.to_vec(),
+        None => std::fs::read_dir("/proc")
+            .map(|d| d.flatten().filter_map(|p| p.file_name().to_str().and_then(|n| n.parse().ok())).collect())
+            .unwrap_or_default(),
+    };
+    candidates.into_iter().filter(|&pid| pid != me && !exclude.contains(&pid) && maps_file(pid)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use super::{dev_ino, lease_now, memfd, processes_mapping};
+
+    #[test]
+    fn processes_mapping_a_file_no_one_maps_is_none() {
+        let f = memfd(4096).unwrap();
+        let (dev, ino) = dev_ino(f.as_fd()).unwrap();
+        assert!(processes_mapping(dev, ino, None, &[]).is_empty());
+        assert!(processes_mapping(dev, ino, Some(&[std::process::id(), u32::MAX]), &[]).is_empty());
+    }
+
+    #[test]
+    fn lease_now_without_a_lease_is_unlck() {
+        let f = memfd(4096).unwrap();
+        assert_eq!(lease_now(f.as_fd()).unwrap(), libc::F_UNLCK);
+    }
 }

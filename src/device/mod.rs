@@ -2,15 +2,16 @@
 //! a completed request. Requests from every queue run on the worker pool; a reply is added to
 //! the used ring only after the filesystem finished the operation.
 
+mod inflight;
 mod mapper;
 mod pool;
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use log::{debug, info, warn};
+use log::{debug, info};
 use vhost::vhost_user::Backend;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserShMemConfig, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringMutex, VringT};
@@ -26,6 +27,8 @@ use crate::fs::Filesystem;
 use crate::fuse::Server;
 use crate::fuse::abi::Opcode;
 use crate::fuse::chain::{GuestMem, Reader, Writer};
+use crate::fuse::log_limit::{info_limited, warn_limited};
+use inflight::{Inflight, Refused};
 pub use pool::prepare_worker_thread;
 
 /// Length of the virtio-fs config space: tag[36] + le32 num_request_queues.
@@ -54,13 +57,6 @@ struct DaxLink {
     backend: Option<Backend>,
 }
 
-/// Requests in flight on one queue, so GET_VRING_BASE can wait for them.
-#[derive(Default)]
-struct Inflight {
-    count: Mutex<usize>,
-    idle: Condvar,
-}
-
 /// The virtio-fs vhost-user backend.
 pub struct FsDevice<F: Filesystem + 'static> {
     cfg: DeviceConfig,
@@ -72,8 +68,6 @@ pub struct FsDevice<F: Filesystem + 'static> {
     lock_waiters: Arc<AtomicUsize>,
     dax: Option<Arc<Dax>>,
     link: Mutex<DaxLink>,
-    /// Kicks that found a ring we cannot read (bad avail index, queue not ready).
-    bad_rings: AtomicUsize,
 }
 
 /// A failure to start or run the device.
@@ -87,8 +81,10 @@ pub enum DeviceError {
 impl<F: Filesystem + 'static> FsDevice<F> {
     /// A device serving `server`.
     pub fn new(cfg: DeviceConfig, server: Server<F>, dax: Option<Arc<Dax>>) -> Result<FsDevice<F>, DeviceError> {
-        let pool = pool::Pool::new(cfg.thread_pool_size).map_err(DeviceError::Threads)?;
-        let inflight = (0..=cfg.num_request_queues).map(|_| Arc::new(Inflight::default())).collect();
+        let inflight: Vec<_> = (0..=cfg.num_request_queues).map(|_| Arc::new(Inflight::new(cfg.queue_size))).collect();
+        // Each queued job owns a distinct claimed head, so no more than this can ever wait.
+        let capacity = inflight.len().saturating_mul(cfg.queue_size);
+        let pool = pool::Pool::new(cfg.thread_pool_size, capacity).map_err(DeviceError::Threads)?;
         Ok(FsDevice {
             cfg,
             server: Arc::new(server),
@@ -99,7 +95,6 @@ impl<F: Filesystem + 'static> FsDevice<F> {
             lock_waiters: Arc::new(AtomicUsize::new(0)),
             dax,
             link: Mutex::new(DaxLink::default()),
-            bad_rings: AtomicUsize::new(0),
         })
     }
 
@@ -181,47 +176,66 @@ impl<F: Filesystem + 'static> FsDevice<F> {
         }
     }
 
-    /// Logs a ring the daemon cannot use, at counts 1, 2, 4, 8, ... (the guest controls the rate).
+    /// Logs a ring the daemon cannot use (the guest controls the rate, so rate-limited).
     fn bad_ring(&self, qidx: usize, e: &dyn std::fmt::Display) {
-        let n = self.bad_rings.fetch_add(1, Ordering::Relaxed) + 1;
-        if n.is_power_of_two() {
-            warn!("queue {qidx}: cannot read the ring: {e} ({n} times so far)");
-        }
+        warn_limited!("queue {qidx}: cannot read the ring: {e}");
     }
 
+    /// Hands a popped chain to a worker, unless its head is already in flight: a driver may
+    /// not make a head available again before the device used it (virtio 1.2 §2.7.13), and
+    /// queuing such duplicates would let the guest grow the job queue without bound. The
+    /// duplicate is dropped like any invalid chain: it never reaches the used ring, which gets
+    /// the head exactly once, when the original request completes.
     fn submit(&self, qidx: usize, vring: VringMutex<GuestMemoryAtomic<GuestMem>>, mem: Arc<GuestMem>, chain: Chain) {
-        let blocking = peek_opcode(&chain) == Some(Opcode::Setlkw as u32);
-        let server = Arc::clone(&self.server);
-        let inflight = self.inflight.get(qidx).cloned().unwrap_or_default();
-        if let Ok(mut n) = inflight.count.lock() {
-            *n += 1;
-        }
-        let job = move || {
-            complete(&server, &vring, &mem, chain);
-            if let Ok(mut n) = inflight.count.lock() {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    inflight.idle.notify_all();
-                }
-            }
+        let head = chain.head_index();
+        let Some(inflight) = self.inflight.get(qidx).cloned() else {
+            warn_limited!("chain {head} on unknown queue {qidx} dropped");
+            return;
         };
-        // SETLKW may wait forever for another owner: never let it hold a pool worker.
-        if blocking && self.lock_waiters.fetch_add(1, Ordering::AcqRel) < MAX_LOCK_WAITERS {
-            let waiters = Arc::clone(&self.lock_waiters);
-            let spawned = std::thread::Builder::new().name("daxfsd-lock".into()).spawn(move || {
-                prepare_worker_thread();
-                job();
-                waiters.fetch_sub(1, Ordering::AcqRel);
-            });
-            if let Err(e) = spawned {
-                warn!("cannot start a lock waiter thread: {e}");
+        if let Err(why) = inflight.claim(head) {
+            match why {
+                Refused::InFlight => warn_limited!("queue {qidx}: chain {head} is already in flight; dropped"),
+                Refused::OutOfRange => warn_limited!("queue {qidx}: chain head {head} is past the queue; dropped"),
             }
             return;
         }
-        if blocking {
-            self.lock_waiters.fetch_sub(1, Ordering::AcqRel);
+        let blocking = peek_opcode(&chain) == Some(Opcode::Setlkw as u32);
+        let server = Arc::clone(&self.server);
+        let job: pool::Job = Box::new(move || {
+            complete(&server, &vring, &mem, &inflight, chain);
+            inflight.finished();
+        });
+        // SETLKW may wait forever for another owner: never let it hold a pool worker.
+        let job = if blocking { self.spawn_lock_waiter(job) } else { Some(job) };
+        if let Some(job) = job {
+            self.pool.submit(job);
         }
-        self.pool.submit(Box::new(job));
+    }
+
+    /// Runs `job` on a thread of its own, if fewer than MAX_LOCK_WAITERS run; otherwise, or if
+    /// no thread can be started, gives it back for the pool.
+    fn spawn_lock_waiter(&self, job: pool::Job) -> Option<pool::Job> {
+        if self.lock_waiters.fetch_add(1, Ordering::AcqRel) >= MAX_LOCK_WAITERS {
+            self.lock_waiters.fetch_sub(1, Ordering::AcqRel);
+            return Some(job);
+        }
+        // Shared with the thread so a failed spawn can hand the job (and its claimed head) back.
+        let slot = Arc::new(Mutex::new(Some(job)));
+        let theirs = Arc::clone(&slot);
+        let waiters = Arc::clone(&self.lock_waiters);
+        let spawned = std::thread::Builder::new().name("daxfsd-lock".into()).spawn(move || {
+            prepare_worker_thread();
+            if let Some(job) = theirs.lock().ok().and_then(|mut j| j.take()) {
+                job();
+            }
+            waiters.fetch_sub(1, Ordering::AcqRel);
+        });
+        if let Err(e) = spawned {
+            warn_limited!("cannot start a lock waiter thread: {e}");
+            self.lock_waiters.fetch_sub(1, Ordering::AcqRel);
+            return slot.lock().ok().and_then(|mut j| j.take());
+        }
+        None
     }
 }
 
@@ -239,20 +253,24 @@ fn complete<F: Filesystem>(
     server: &Server<F>,
     vring: &VringMutex<GuestMemoryAtomic<GuestMem>>,
     mem: &GuestMem,
+    inflight: &Inflight,
     chain: Chain,
 ) {
     let head = chain.head_index();
     let used = match (Reader::new(mem, chain.clone()), Writer::new(mem, chain)) {
         (Ok(mut r), Ok(mut w)) => server.handle(&mut r, &mut w),
         (Err(e), _) | (_, Err(e)) => {
-            warn!("unusable descriptor chain {head}: {e}");
+            warn_limited!("unusable descriptor chain {head}: {e}");
             0
         }
     };
     let used = u32::try_from(used).unwrap_or(0);
     let mut state = vring.get_mut();
+    // Under the vring lock, so the queue's thread cannot pop the guest's next use of the head
+    // before it is free again; before add_used, so the guest cannot reuse it earlier either.
+    inflight.release_head(head);
     if let Err(e) = state.add_used(head, used) {
-        warn!("cannot return chain {head} to the used ring: {e}");
+        warn_limited!("cannot return chain {head} to the used ring: {e}");
         return;
     }
     log::trace!("chain {head} used, {used} bytes");
@@ -302,7 +320,7 @@ impl<F: Filesystem + 'static> VhostUserBackend for FsDevice<F> {
     }
 
     fn reset_device(&self) {
-        info!("device reset");
+        info_limited!("device reset");
         // The frontend drops its window mappings on reset; forget ours without sending unmaps.
         if let Some(dax) = &self.dax {
             dax.forget_all();
@@ -348,14 +366,10 @@ impl<F: Filesystem + 'static> VhostUserBackend for FsDevice<F> {
         let Some(inflight) = usize::try_from(queue_index).ok().and_then(|i| self.inflight.get(i)) else {
             return Ok(());
         };
-        let Ok(n) = inflight.count.lock() else { return Ok(()) };
         // Bounded: a request blocked on a lock must not wedge the frontend forever.
-        let (n, timeout) = inflight
-            .idle
-            .wait_timeout_while(n, Duration::from_secs(5), |n| *n > 0)
-            .map_err(|_| io::Error::other("inflight lock poisoned"))?;
-        if timeout.timed_out() {
-            warn!("queue {queue_index} stopped with {} requests still running", *n);
+        let left = inflight.wait_idle(Duration::from_secs(5));
+        if left > 0 {
+            warn_limited!("queue {queue_index} stopped with {left} requests still running");
         }
         Ok(())
     }
@@ -368,12 +382,12 @@ impl<F: Filesystem + 'static> VhostUserBackend for FsDevice<F> {
         _thread: usize,
     ) -> io::Result<()> {
         if evset != EventSet::IN {
-            warn!("unexpected event set {evset:?} on queue {device_event}");
+            warn_limited!("unexpected event set {evset:?} on queue {device_event}");
             return Ok(());
         }
         let qidx = usize::from(device_event);
         let Some(vring) = vrings.get(qidx) else {
-            warn!("event for unknown queue {device_event}");
+            warn_limited!("event for unknown queue {device_event}");
             return Ok(());
         };
         self.drain_queue(qidx, vring);

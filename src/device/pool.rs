@@ -1,34 +1,36 @@
-//! A fixed pool of worker threads that run request jobs from every queue concurrently.
-//! Each worker unshares CLONE_FS so credential and umask changes stay per-thread.
+//! A fixed pool of worker threads that run request jobs from every queue concurrently, fed by
+//! a bounded queue. Each worker unshares CLONE_FS so credential and umask changes stay
+//! per-thread.
 
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use log::error;
+use crate::fuse::log_limit::error_limited;
 
 /// One unit of work.
 pub type Job = Box<dyn FnOnce() + Send + 'static>;
 
 /// The worker pool.
 pub struct Pool {
-    tx: Mutex<Option<Sender<Job>>>,
+    tx: Mutex<Option<SyncSender<Job>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// Per-thread setup shared by pool workers and one-off lock waiters.
 pub fn prepare_worker_thread() {
     if let Err(e) = crate::fs::sys::unshare_fs() {
-        error!("unshare(CLONE_FS) failed, umask changes will leak between threads: {e}");
+        // Per thread, and a guest's SETLKW starts lock waiter threads: rate-limited.
+        error_limited!("unshare(CLONE_FS) failed, umask changes will leak between threads: {e}");
     }
     // The guest applies its umask to modes itself (or sends it with POSIX ACLs).
     crate::fs::sys::umask(0);
 }
 
 impl Pool {
-    /// Starts `n` workers (at least one).
-    pub fn new(n: usize) -> std::io::Result<Pool> {
-        let (tx, rx) = channel::<Job>();
+    /// Starts `n` workers (at least one) behind a queue of `capacity` jobs (at least one).
+    pub fn new(n: usize, capacity: usize) -> std::io::Result<Pool> {
+        let (tx, rx) = sync_channel::<Job>(capacity.max(1));
         let rx = Arc::new(Mutex::new(rx));
         let mut threads = Vec::new();
         for i in 0..n.max(1) {
@@ -39,16 +41,21 @@ impl Pool {
         Ok(Pool { tx: Mutex::new(Some(tx)), threads: Mutex::new(threads) })
     }
 
-    /// Queues a job; runs it inline if the pool is shutting down.
+    /// Queues a job; runs it inline if the pool is shutting down. The caller sizes the queue
+    /// so it never fills (the device queues one job per claimed head). Should it fill anyway,
+    /// the caller waits for a free place: safe, because no caller holds a lock a worker needs
+    /// (the vring threads pop a chain and release the vring lock before they submit it).
     pub fn submit(&self, job: Job) {
         let tx = self.tx.lock().ok().and_then(|g| g.clone());
-        match tx {
-            Some(tx) => {
-                if let Err(e) = tx.send(job) {
-                    (e.0)();
-                }
-            }
-            None => job(),
+        let Some(tx) = tx else { return job() };
+        let job = match tx.try_send(job) {
+            Ok(()) => return,
+            Err(TrySendError::Disconnected(job)) => return job(),
+            Err(TrySendError::Full(job)) => job,
+        };
+        error_limited!("worker queue full; waiting for a worker (a daemon bug: it is sized to never fill)");
+        if let Err(e) = tx.send(job) {
+            (e.0)();
         }
     }
 

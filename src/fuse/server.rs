@@ -5,11 +5,12 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use log::{debug, warn};
+use log::debug;
 use zerocopy::{Immutable, IntoBytes};
 
 use super::abi::{InHeader, Opcode, OutHeader, WriteIn};
 use super::chain::{Reader, Writer};
+use super::log_limit::warn_limited;
 use super::request::{Body, DecodeError, split_extensions};
 use crate::fs::{Context, Filesystem};
 
@@ -112,7 +113,7 @@ impl<F: Filesystem> Server<F> {
     /// Serves one request; returns the number of bytes written to `w` (the used length).
     pub fn handle(&self, r: &mut Reader<'_>, w: &mut Writer<'_>) -> usize {
         let Ok(hdr) = r.read_obj::<InHeader>() else {
-            warn!("request without a readable header ({} bytes); returned empty", r.available());
+            warn_limited!("request without a readable header ({} bytes); returned empty", r.available());
             return 0;
         };
         let result = self.decode_and_run(hdr, r, w);
@@ -125,7 +126,7 @@ impl<F: Filesystem> Server<F> {
                 write_reply(w, hdr.unique, -errno_of(&e), &[])
             }
             Err(OpError::Decode(e)) => {
-                warn!("malformed request (op {} unique {}): {e}", hdr.opcode, hdr.unique);
+                warn_limited!("malformed request (op {} unique {}): {e}", hdr.opcode, hdr.unique);
                 write_reply(w, hdr.unique, -libc::EINVAL, &[])
             }
         }
@@ -182,7 +183,7 @@ impl<F: Filesystem> Server<F> {
 pub fn write_reply(w: &mut Writer<'_>, unique: u64, error: i32, payload: &[u8]) -> usize {
     let total = size_of::<OutHeader>() + payload.len();
     if total > w.available() {
-        warn!("reply of {total} bytes does not fit the guest's {} byte buffer", w.available());
+        warn_limited!("reply of {total} bytes does not fit the guest's {} byte buffer", w.available());
         if error == 0 {
             return write_reply(w, unique, -libc::ERANGE, &[]);
         }

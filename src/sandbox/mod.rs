@@ -31,8 +31,9 @@ pub enum Mode {
     None,
 }
 
-/// Answers "does a process other than `exclude` map file (dev, ino)?" from the host's /proc.
-pub type ScanFn = fn(u64, u64, &[libc::pid_t]) -> bool;
+/// The processes (among the given ones, or all) other than `exclude` that map file (dev, ino),
+/// read from the host's /proc.
+pub type ScanFn = fn(u64, u64, Option<&[u32]>, &[u32]) -> Vec<u32>;
 
 /// What to set up.
 pub struct Plan<'a> {

@@ -162,7 +162,6 @@ const SUPERVISOR: &[libc::c_long] = &[
     libc::SYS_wait4,
     libc::SYS_waitid,
     libc::SYS_kill,
-    libc::SYS_unlink,
     libc::SYS_unlinkat,
 ];
 

@@ -12,6 +12,13 @@ use log::{debug, warn};
 
 use super::{ScanFn, sys};
 
+/// Most pids one maps query or answer carries (the frontend and its helpers; more is a bug or
+/// an attack, and the answer is cut there).
+const MAX_PIDS: usize = 64;
+/// A pid no process has: the answer when the supervisor cannot be asked, so the caller keeps
+/// waiting (to its bound) rather than assume nothing maps the file.
+const UNKNOWN: u32 = u32::MAX;
+
 /// The daemon's end of the maps channel.
 pub struct MapsClient {
     sock: Mutex<UnixStream>,
@@ -22,23 +29,51 @@ impl MapsClient {
         MapsClient { sock: Mutex::new(sock) }
     }
 
-    /// Whether a process other than the daemon maps (dev, ino). If the supervisor cannot
-    /// answer, the answer is "yes": the caller then waits out its bound, the safe direction.
-    pub fn mapped_elsewhere(&self, dev: u64, ino: u64) -> bool {
-        let Ok(mut s) = self.sock.lock() else { return true };
-        let mut req = [0u8; 16];
-        let (d, i) = req.split_at_mut(8);
-        d.copy_from_slice(&dev.to_le_bytes());
-        i.copy_from_slice(&ino.to_le_bytes());
-        let mut ans = [0u8; 1];
-        match s.write_all(&req).and_then(|()| s.read_exact(&mut ans)) {
-            Ok(()) => ans != [0],
+    /// The processes other than the daemon that map (dev, ino), among `among` or all of them.
+    pub fn processes_mapping(&self, dev: u64, ino: u64, among: Option<&[u32]>) -> Vec<u32> {
+        let ask = |s: &mut UnixStream| -> io::Result<Vec<u32>> {
+            let mut req = Vec::with_capacity(24);
+            req.extend_from_slice(&dev.to_le_bytes());
+            req.extend_from_slice(&ino.to_le_bytes());
+            let pids = among.map(|a| a.get(..MAX_PIDS).unwrap_or(a));
+            // u32::MAX as the count means "all".
+            let n = pids.map_or(u32::MAX, |p| u32::try_from(p.len()).unwrap_or(0));
+            req.extend_from_slice(&n.to_le_bytes());
+            pids.unwrap_or_default().iter().for_each(|p| req.extend_from_slice(&p.to_le_bytes()));
+            s.write_all(&req)?;
+            read_pids(s)
+        };
+        match self.sock.lock().map_err(|_| io::Error::other("poisoned")).and_then(|mut s| ask(&mut s)) {
+            Ok(p) => p,
             Err(e) => {
                 debug!("maps query failed: {e}");
-                true
+                vec![UNKNOWN]
             }
         }
     }
+}
+
+fn read_u32(s: &mut UnixStream) -> io::Result<u32> {
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b)?;
+    Ok(u32::from_le_bytes(b))
+}
+
+/// A count and that many pids (at most MAX_PIDS).
+fn read_pids(s: &mut UnixStream) -> io::Result<Vec<u32>> {
+    let n = usize::try_from(read_u32(s)?).unwrap_or(usize::MAX);
+    if n > MAX_PIDS {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    (0..n).map(|_| read_u32(s)).collect()
+}
+
+fn write_pids(s: &mut UnixStream, pids: &[u32]) -> io::Result<()> {
+    let pids = pids.get(..MAX_PIDS).unwrap_or(pids);
+    let mut out = Vec::with_capacity(4 * (pids.len() + 1));
+    out.extend_from_slice(&u32::try_from(pids.len()).unwrap_or(0).to_le_bytes());
+    pids.iter().for_each(|p| out.extend_from_slice(&p.to_le_bytes()));
+    s.write_all(&out)
 }
 
 /// What the supervisor watches.
@@ -55,12 +90,11 @@ pub(super) struct Watch {
 
 /// Runs until the child exits; returns the exit code to leave with.
 pub(super) fn run(mut w: Watch, pidfd: &OwnedFd, signals: &OwnedFd) -> io::Result<u8> {
-    let mut exclude = vec![w.child];
-    if let Some(mut s) = w.daemon_pid.take() {
-        let mut b = [0u8; 4];
-        if s.read_exact(&mut b).is_ok() {
-            exclude.push(i32::from_le_bytes(b));
-        }
+    let mut exclude: Vec<u32> = u32::try_from(w.child).into_iter().collect();
+    if let Some(mut s) = w.daemon_pid.take()
+        && let Ok(pid) = read_u32(&mut s)
+    {
+        exclude.push(pid);
     }
     loop {
         let mut fds = vec![pidfd.as_fd(), signals.as_fd()];
@@ -84,8 +118,8 @@ pub(super) fn run(mut w: Watch, pidfd: &OwnedFd, signals: &OwnedFd) -> io::Resul
     }
 }
 
-/// Answers one maps query; false once the daemon closed its end.
-fn answer(w: &mut Watch, exclude: &[libc::pid_t]) -> bool {
+/// Answers one maps query; false once the daemon closed its end (or broke the protocol).
+fn answer(w: &mut Watch, exclude: &[u32]) -> bool {
     let Some(sock) = w.maps.as_mut() else { return false };
     let mut req = [0u8; 16];
     if sock.read_exact(&mut req).is_err() {
@@ -94,6 +128,16 @@ fn answer(w: &mut Watch, exclude: &[libc::pid_t]) -> bool {
     let (d, i) = req.split_at(8);
     let dev = u64::from_le_bytes(d.try_into().unwrap_or_default());
     let ino = u64::from_le_bytes(i.try_into().unwrap_or_default());
-    let mapped = (w.scan)(dev, ino, exclude);
-    sock.write_all(&[u8::from(mapped)]).is_ok()
+    let among = match read_u32(sock) {
+        Ok(u32::MAX) => None,
+        Ok(n) if usize::try_from(n).is_ok_and(|n| n <= MAX_PIDS) => {
+            match (0..n).map(|_| read_u32(sock)).collect::<io::Result<Vec<u32>>>() {
+                Ok(p) => Some(p),
+                Err(_) => return false,
+            }
+        }
+        _ => return false,
+    };
+    let found = (w.scan)(dev, ino, among.as_deref(), exclude);
+    write_pids(sock, &found).is_ok()
 }

@@ -107,6 +107,13 @@ impl Daemon {
         self.child.try_wait().unwrap().is_none()
     }
 
+    /// The daemon's resident set (VmRSS of /proc/<pid>/status) in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.serving_pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_ascii_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
     /// Connects a test VMM and negotiates INIT.
     pub fn client(&self) -> Client {
         Client::connect(&self.socket, 1, VmmOptions::default())

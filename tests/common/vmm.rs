@@ -231,6 +231,14 @@ impl SplitRing {
         Ok((u32::from_le_bytes([a0, a1, a2, a3]), u32::from_le_bytes([l0, l1, l2, l3])))
     }
 
+    /// EVENT_IDX: the avail index the device last re-armed notifications at (it has consumed
+    /// every chain below it).
+    fn avail_event(&self, mem: &GuestMemoryMmap) -> io::Result<u16> {
+        let at = GuestAddress(self.used.0 + 4 + 8 * u64::from(self.size));
+        let idx: u16 = mem.load(at, Ordering::Acquire).map_err(mem_err)?;
+        Ok(u16::from_le(idx))
+    }
+
     /// EVENT_IDX: ask for a call once the used index moves past `idx` (harmless without it).
     fn set_used_event(&self, mem: &GuestMemoryMmap, idx: u16) -> io::Result<()> {
         let at = GuestAddress(self.avail.0 + 4 + 2 * u64::from(self.size));
@@ -384,6 +392,32 @@ impl Virtqueue {
         drop(st);
         self.kick.write(1)?;
         Ok(id)
+    }
+
+    /// Makes the head of in-flight chain `id` available `times` more times, as a hostile driver
+    /// might: in batches of half the queue, each kicked and waited for until the device has
+    /// consumed it (EVENT_IDX's avail_event), so the avail index never runs a queue ahead.
+    pub fn republish(&self, g: &GuestMem, id: u64, times: usize, timeout: Duration) -> io::Result<()> {
+        let mut st = self.state.lock().unwrap();
+        let head = st.inflight.iter().find(|(_, c)| c.id == id).map(|(h, _)| *h).ok_or_else(einval)?;
+        let batch = usize::from(self.ring.size / 2).max(1);
+        let mut left = times;
+        while left > 0 {
+            for _ in 0..batch.min(left) {
+                self.ring.publish(&g.mem, st.next_avail, head)?;
+                st.next_avail = st.next_avail.wrapping_add(1);
+                left -= 1;
+            }
+            self.kick.write(1)?;
+            let deadline = Instant::now() + timeout;
+            while self.ring.avail_event(&g.mem)? != st.next_avail {
+                if Instant::now() >= deadline {
+                    return Err(timed_out(format!("device never consumed avail index {}", st.next_avail)));
+                }
+                thread::yield_now();
+            }
+        }
+        Ok(())
     }
 
     /// Moves every new used element to `done` and re-arms `used_event`.
@@ -967,6 +1001,12 @@ impl Vmm {
         let at = GuestAddress(q.ring.avail.0 + 2);
         self.guest.mem.store(v.to_le(), at, Ordering::Release).map_err(mem_err)?;
         q.kick.write(1)
+    }
+
+    /// Re-publishes the head of the still-in-flight `ticket` `times` times (see
+    /// `Virtqueue::republish`); needs EVENT_IDX.
+    pub fn republish(&self, ticket: &Ticket, times: usize) -> io::Result<()> {
+        self.queue(ticket.queue)?.republish(&self.guest, ticket.id, times, self.timeout)
     }
 
     /// Makes a chain of `descs` available on `queue` and kicks.

@@ -3,10 +3,9 @@
 use std::io;
 use std::sync::atomic::Ordering;
 
-use log::info;
-
 use crate::fs::{DaxMode, Filesystem, Negotiated};
 use crate::fuse::abi::*;
+use crate::fuse::log_limit::info_limited;
 use crate::fuse::server::{MAX_WRITE, OpResult, Request, Server, ok, ok_empty};
 
 /// Flags we accept whenever the guest offers them. Not FUSE_ATOMIC_O_TRUNC: with it the guest
@@ -100,15 +99,18 @@ impl<F: Filesystem> Server<F> {
         self.fs.init(negotiated)?;
         self.session.flags.store(enabled, Ordering::Relaxed);
         self.session.initialized.store(true, Ordering::Release);
-        info!(
+        info_limited!(
             "FUSE INIT: guest {}.{}, flags {enabled:#x}, max_write {}, dax {dax:?}, map_alignment {}",
-            compat.major, compat.minor, out.max_write, out.map_alignment
+            compat.major,
+            compat.minor,
+            out.max_write,
+            out.map_alignment
         );
         ok(&out)
     }
 
     pub(crate) fn destroy(&self) -> OpResult {
-        info!("FUSE DESTROY");
+        info_limited!("FUSE DESTROY");
         self.reset();
         ok_empty()
     }

@@ -1,0 +1,48 @@
+//! A hostile driver against the rings: whatever it publishes, the daemon's memory stays bounded,
+//! no chain comes back twice, and the daemon keeps serving.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::cast_possible_truncation, clippy::panic)]
+
+mod common;
+
+use common::fuse::*;
+use common::vmm::Desc;
+use daxfsd::fuse::abi::*;
+use zerocopy::IntoBytes;
+
+/// Re-publishes of one head while it is in flight: before duplicates were dropped, 400,000 of
+/// them grew a debug daemon from 7 MB to 49 MB of RSS (one queued job each).
+const REPUBLISHES: usize = 400_000;
+/// Growth allowed across the flood: far below what queuing every duplicate costs.
+const MAX_GROWTH_KIB: u64 = 16 << 10;
+/// A generous absolute ceiling for a debug build serving one connection.
+const MAX_RSS_KIB: u64 = 128 << 10;
+
+/// The head of a SETLKW that waits on a lock the test holds is re-published over and over. The
+/// daemon must drop every duplicate (none queued, none used), then answer the SETLKW exactly
+/// once when the lock is released.
+#[test]
+fn republished_in_flight_head_is_dropped_and_memory_stays_bounded() {
+    let mut d = Daemon::start(&[]);
+    let c = d.client();
+    let n = c.make_file("f", b"data");
+    let fh = c.open(n, libc::O_RDWR).unwrap();
+    let wr = FileLock { start: 0, end: 0, typ: libc::F_WRLCK as u32, pid: 1 };
+    c.lk(Opcode::Setlk, n, fh, 1, wr, false).unwrap();
+    let body = LkIn { fh, owner: 2, lk: wr, lk_flags: 0, padding: 0 };
+    let hdr = c.header(Opcode::Setlkw as u32, n, 48);
+    let t = c.vmm.submit(REQ_Q, &[Desc::Read(hdr.as_bytes()), Desc::Read(body.as_bytes()), Desc::Write(16)]).unwrap();
+    assert!(c.getattr(n).is_ok(), "the SETLKW must not hold up other requests");
+    let before = d.rss_kib();
+    c.vmm.republish(&t, REPUBLISHES).unwrap();
+    let after = d.rss_kib();
+    eprintln!("daemon VmRSS: {before} KiB before {REPUBLISHES} re-publishes, {after} KiB after");
+    assert!(after < MAX_RSS_KIB, "daemon RSS {after} KiB after the flood (limit {MAX_RSS_KIB})");
+    assert!(after.saturating_sub(before) < MAX_GROWTH_KIB, "daemon RSS grew from {before} to {after} KiB");
+    assert!(c.getattr(n).is_ok(), "the duplicates must not hold up other requests:\n{}", d.log());
+    let un = FileLock { typ: libc::F_UNLCK as u32, ..wr };
+    c.lk(Opcode::Setlk, n, fh, 1, un, false).unwrap();
+    check_reply(&c.vmm.wait(t).unwrap(), hdr.unique).unwrap();
+    // A second used element for the head would fail every later wait ("head not in flight").
+    still_serving(&mut d, &c);
+    assert!(c.lk(Opcode::Getlk, n, fh, 1, wr, false).is_ok());
+}
