@@ -14,7 +14,7 @@ mod xattr;
 
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -144,12 +144,31 @@ impl Passthrough {
     }
 
     /// Opens an inode for I/O through /proc/self/fd (regular files and directories only).
+    /// Every host open made for guest I/O goes through here or `reopen_fd`.
     fn reopen(&self, inode: &Inode, flags: i32) -> io::Result<OwnedFd> {
+        // The type check comes before the open: an open(2) of a FIFO blocks and one of a
+        // device runs its driver, so checking the fd afterwards would be too late.
         if !inode.is_openable() {
             return Err(errno(libc::EBADF));
         }
-        let name = sys::fd_name(inode.path_fd());
-        sys::openat(self.proc_fd.as_fd(), &name, flags & !libc::O_NOFOLLOW, 0)
+        self.reopen_fd(inode.path_fd(), flags)
+    }
+
+    /// Opens the inode behind the O_PATH fd `path` through /proc/self/fd, for an inode the
+    /// caller knows to be a regular file or a directory. Defence in depth: the fd it got is
+    /// checked to be one, and closed with EBADF otherwise.
+    fn reopen_fd(&self, path: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
+        let name = sys::fd_name(path);
+        let flags = flags & !(libc::O_NOFOLLOW | libc::O_CREAT | libc::O_EXCL);
+        let fd = sys::openat(self.proc_fd.as_fd(), &name, flags, 0)?;
+        let mode = sys::statx(fd.as_fd())?.0.mode;
+        match mode & libc::S_IFMT {
+            libc::S_IFREG | libc::S_IFDIR => Ok(fd),
+            other => {
+                log::error!("reopen gave a non-regular file (type {other:#o}); closed it");
+                Err(errno(libc::EBADF))
+            }
+        }
     }
 
     /// Finishes an attribute set for the guest: submount and DAX flags.
@@ -504,6 +523,18 @@ mod tests {
         for good in [c"a", c"...", c".hidden", c"a b", c"\xff"] {
             assert!(check_name(good).is_ok(), "{good:?}");
         }
+    }
+
+    #[test]
+    fn reopen_fd_of_a_device_is_ebadf_and_of_a_file_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        let fs = Passthrough::new(Config { root: dir.path().into(), ..Config::default() }).unwrap();
+        // /dev/null: opening it has no effect, so the check after the open can be shown.
+        let null = sys::openat(sys::cwd(), c"/dev/null", libc::O_PATH, 0).unwrap();
+        assert_eq!(fs.reopen_fd(null.as_fd(), libc::O_RDONLY).unwrap_err().raw_os_error(), Some(libc::EBADF));
+        let f = sys::openat(fs.root_fd.as_fd(), c"f", libc::O_PATH, 0).unwrap();
+        assert!(fs.reopen_fd(f.as_fd(), libc::O_RDONLY).is_ok());
     }
 
     #[test]
