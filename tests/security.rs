@@ -22,6 +22,8 @@ use zerocopy::IntoBytes;
 
 /// /dev/zero: a READ that returns zeros proves the device itself was opened.
 const DEV_ZERO: u32 = (1 << 8) | 5;
+/// Opens that the fd tests send: about twice what --rlimit-nofile 2048 allows.
+const FLOOD: u64 = 4000;
 
 /// MKNOD of a device needs CAP_MKNOD: CI runs as root, elsewhere these tests say so and pass.
 fn is_root(what: &str) -> bool {
@@ -30,6 +32,10 @@ fn is_root(what: &str) -> bool {
         eprintln!("skipping {what}: needs root (CAP_MKNOD)");
     }
     root
+}
+
+fn lock(start: u64, end: u64, typ: i32) -> FileLock {
+    FileLock { start, end, typ: typ as u32, pid: 1 }
 }
 
 /// Reads from `fh` and fails, showing the bytes, if the daemon let the guest read anything.
@@ -163,4 +169,86 @@ fn create_existing_fifo_never_blocks_the_workers() {
         assert_eq!(check_reply(&reply, unique).map(drop), Err(libc::ENXIO), "CREATE of a FIFO");
     }
     still_serving(&mut d, &c);
+}
+
+/// Sends OPENs of `node` until the daemon refuses; returns the handles it gave.
+fn open_until_refused(c: &Client, node: u64) -> Vec<u64> {
+    let mut fhs = Vec::new();
+    for i in 0..FLOOD {
+        match c.open(node, libc::O_RDONLY) {
+            Ok(fh) => fhs.push(fh),
+            Err(e) => {
+                assert_eq!(e, libc::EMFILE, "OPEN #{i} failed with errno {e}");
+                assert!(!fhs.is_empty(), "the first OPEN was refused");
+                return fhs;
+            }
+        }
+    }
+    panic!("{FLOOD} OPENs without RELEASE all succeeded under --rlimit-nofile 2048");
+}
+
+/// Past the guest's fd quota, everything that holds no new fd for the guest still works.
+fn assert_namespace_works(d: &mut Daemon, c: &Client, tag: &str) {
+    std::fs::write(d.path(&format!("new-{tag}")), b"x").unwrap();
+    let e = c.lookup(1, &format!("new-{tag}")).unwrap_or_else(|e| panic!("LOOKUP at the quota: errno {e}"));
+    c.getattr(e.nodeid).unwrap_or_else(|e| panic!("GETATTR at the quota: errno {e}"));
+    c.mkdir(1, &format!("dir-{tag}"), 0o755).unwrap_or_else(|e| panic!("MKDIR at the quota: errno {e}"));
+    still_serving(d, c);
+}
+
+#[test]
+fn open_flood_hits_the_quota_and_namespace_ops_still_work() {
+    let mut d = Daemon::start(&["--rlimit-nofile", "2048"]);
+    let c = d.client();
+    let n = c.make_file("f", b"data");
+    let fhs = open_until_refused(&c, n);
+    assert_eq!(c.read(n, fhs[0], 0, 4).unwrap(), b"data", "READ on a handle opened before the quota");
+    assert_eq!(c.opendir(1).unwrap_err(), libc::EMFILE, "OPENDIR past the quota");
+    assert_eq!(c.create(1, "g", libc::O_RDWR | libc::O_CREAT, 0o644).unwrap_err(), libc::EMFILE);
+    assert_namespace_works(&mut d, &c, "open");
+    for &fh in &fhs[..10] {
+        c.release(n, fh).unwrap();
+    }
+    let fh = c.open(n, libc::O_RDONLY).unwrap_or_else(|e| panic!("OPEN after RELEASE: errno {e}"));
+    assert_eq!(c.read(n, fh, 0, 4).unwrap(), b"data");
+    d.wait_for_log("EMFILE");
+}
+
+#[test]
+fn open_flood_in_dax_session_hits_the_quota_and_namespace_ops_still_work() {
+    let mut d = Daemon::start(&["--dax-window", "64M", "--rlimit-nofile", "2048"]);
+    let c = Client::connect_dax(&d.socket, 1, false);
+    let n = c.make_file("f", b"data");
+    let fhs = open_until_refused(&c, n);
+    assert_namespace_works(&mut d, &c, "dax");
+    c.release(n, fhs[0]).unwrap();
+    c.open(n, libc::O_RDONLY).unwrap_or_else(|e| panic!("OPEN after RELEASE: errno {e}"));
+}
+
+#[test]
+fn setlk_with_fresh_owners_hits_the_quota_and_namespace_ops_still_work() {
+    let mut d = Daemon::start(&["--rlimit-nofile", "2048"]);
+    let c = d.client();
+    let n = c.make_file("f", b"data");
+    let fh = c.open(n, libc::O_RDWR).unwrap();
+    let mut owners = 0;
+    for owner in 1..=FLOOD {
+        match c.lk(Opcode::Setlk, n, fh, owner, lock(0, 0, libc::F_RDLCK), false) {
+            Ok(_) => owners = owner,
+            Err(e) => {
+                assert_eq!(e, libc::EMFILE, "SETLK of owner {owner}: errno {e}");
+                break;
+            }
+        }
+    }
+    assert!(owners > 0 && owners < FLOOD, "{owners} of {FLOOD} fresh lock owners were given an fd");
+    assert_namespace_works(&mut d, &c, "lock");
+    let got = c.lk(Opcode::Getlk, n, fh, FLOOD + 2, lock(0, 0, libc::F_WRLCK), false);
+    let got: LkOut = parse(&got.unwrap_or_else(|e| panic!("GETLK of a fresh owner at the quota: errno {e}")));
+    assert_eq!(got.lk.typ, libc::F_RDLCK as u32, "GETLK sees the other owners' read locks");
+    for owner in 1..=10 {
+        c.flush(n, fh, owner).unwrap();
+    }
+    c.lk(Opcode::Setlk, n, fh, FLOOD + 1, lock(0, 0, libc::F_RDLCK), false)
+        .unwrap_or_else(|e| panic!("SETLK after the owners were flushed: errno {e}"));
 }

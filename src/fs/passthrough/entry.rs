@@ -111,27 +111,31 @@ impl Passthrough {
             // file goes through the window's shrink instead.
             flags = (flags & !(libc::O_ACCMODE | libc::O_APPEND | libc::O_TRUNC)) | libc::O_RDWR;
         }
+        // Both permits before anything is created: a refusal leaves no trace.
+        let permit = self.quota.acquire()?;
+        let dax_permit = if dax { Some(self.quota.acquire()?) } else { None };
         let fd = self.create_fd(ctx, &parent_inode, name, &p, flags)?;
         let mut entry = match name {
             Some(name) => self.do_lookup(&parent_inode, name)?,
             None => self.insert_open_file(fd.as_fd())?,
         };
         let inode = self.inode(entry.nodeid)?;
-        let fd = if dax {
-            let shared = self.adopt_shared_file(&inode, fd)?;
-            if guest & libc::O_TRUNC != 0 {
-                self.dax_truncate(&inode, shared.as_fd(), 0)?;
+        let fd = match dax_permit {
+            Some(dax_permit) => {
+                let shared = self.adopt_shared_file(&inode, fd, dax_permit)?;
+                if guest & libc::O_TRUNC != 0 {
+                    self.dax_truncate(&inode, shared.as_fd(), 0)?;
+                }
+                // The entry must show the size after the O_TRUNC (the guest takes it as the new
+                // file's), and never a size padded for the EOF page.
+                let (attr, mnt_id) = self.dax_stat(&inode)?;
+                entry.attr = self.decorate(attr, mnt_id, Some(&parent_inode));
+                shared.try_clone()?
             }
-            // The entry must show the size after the O_TRUNC (the guest takes it as the new
-            // file's), and never a size padded for the EOF page.
-            let (attr, mnt_id) = self.dax_stat(&inode)?;
-            entry.attr = self.decorate(attr, mnt_id, Some(&parent_inode));
-            shared.try_clone()?
-        } else {
-            fd
+            None => fd,
         };
         let opts = self.file_open_options(&inode);
-        let fh = self.handles.insert(fd, inode)?;
+        let fh = self.handles.insert(fd, inode, permit)?;
         Ok((entry, fh, opts))
     }
 

@@ -10,6 +10,7 @@ mod file;
 mod handles;
 mod inodes;
 mod lock;
+mod quota;
 mod xattr;
 
 use std::ffi::{CStr, CString};
@@ -23,6 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use self::dax::DaxFiles;
 use self::handles::HandleTable;
 use self::inodes::{Inode, InodeKey, InodeTable};
+use self::quota::FdQuota;
 use super::{
     Attr, Context, CopyRange, CreateParams, DirSink, Entry, Filesystem, FsCapabilities, HandleId, Lock, LockRequest,
     Negotiated, NodeId, OpenOptions, ReadParams, SetAttr, SetupMapping, StatFs, WriteParams, XattrReply,
@@ -72,6 +74,9 @@ pub struct Config {
     pub allow_direct_io: bool,
     pub readdirplus: bool,
     pub posix_locks: bool,
+    /// Most host fds held open for the guest at once (`--guest-fd-quota`): handles, lock
+    /// owners' files, DAX shared files. 0 = computed from RLIMIT_NOFILE at startup.
+    pub guest_fd_quota: usize,
 }
 
 /// The passthrough filesystem.
@@ -83,6 +88,8 @@ pub struct Passthrough {
     proc_fd: OwnedFd,
     inodes: InodeTable,
     handles: HandleTable,
+    /// Host fds the guest may keep open (EMFILE past it).
+    quota: FdQuota,
     /// Mixed into every entry's generation, so node ids reused by a restarted daemon differ.
     generation: u64,
     /// Writeback cache negotiated in this session.
@@ -113,6 +120,11 @@ impl Passthrough {
         let cwd = sys::cwd();
         let root_fd = sys::openat(cwd, &path, libc::O_PATH | libc::O_DIRECTORY, 0)?;
         let proc_fd = sys::openat(cwd, c"/proc/self/fd", libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        let quota = FdQuota::new(match cfg.guest_fd_quota {
+            0 => FdQuota::default_limit(sys::nofile_limit().map_or(1024, |(soft, _)| soft)),
+            n => n,
+        });
+        log::info!("guest fd quota: {} host fds", quota.limit());
         let generation = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(1).max(1);
         let fs = Passthrough {
             cfg,
@@ -120,6 +132,7 @@ impl Passthrough {
             proc_fd,
             inodes: InodeTable::new(),
             handles: HandleTable::new(),
+            quota,
             generation,
             writeback: AtomicBool::new(false),
             posix_acl: AtomicBool::new(false),
@@ -345,6 +358,7 @@ impl Filesystem for Passthrough {
             return Err(errno(libc::EISDIR));
         }
         let trunc = i32::from_ne_bytes(flags.to_ne_bytes()) & libc::O_TRUNC != 0;
+        let permit = self.quota.acquire()?;
         let fd = if self.is_dax_inode(&inode) {
             // Guest handles share the DAX file: a new open would break our own lease.
             let shared = self.shared_file(&inode)?;
@@ -359,7 +373,7 @@ impl Filesystem for Passthrough {
             attr::kill_suidgid(fd.as_fd())?;
         }
         let opts = self.file_open_options(&inode);
-        Ok((self.handles.insert(fd, inode)?, opts))
+        Ok((self.handles.insert(fd, inode, permit)?, opts))
     }
 
     fn read(&self, _ctx: &Context, node: NodeId, w: &mut dyn ZeroCopyWriter, p: ReadParams) -> io::Result<usize> {
