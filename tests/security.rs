@@ -252,3 +252,27 @@ fn setlk_with_fresh_owners_hits_the_quota_and_namespace_ops_still_work() {
     c.lk(Opcode::Setlk, n, fh, FLOOD + 1, lock(0, 0, libc::F_RDLCK), false)
         .unwrap_or_else(|e| panic!("SETLK after the owners were flushed: errno {e}"));
 }
+
+/// Open hole: past the device's 64 lock-waiter threads a SETLKW runs on a pool worker and waits
+/// there, so enough of them on a held lock wedge the pool (the holder's unlock included). The
+/// fix belongs in device/ (answer ENOLCK past the cap instead of queueing to the pool).
+#[test]
+#[ignore = "open hole: SETLKW past MAX_LOCK_WAITERS waits on a pool worker (device/ fix pending)"]
+fn setlkw_flood_on_a_held_lock_never_blocks_the_workers() {
+    let mut d = Daemon::start(&["--thread-pool-size", "2"]);
+    let c = d.client();
+    let n = c.make_file("f", b"data");
+    let fh = c.open(n, libc::O_RDWR).unwrap();
+    c.lk(Opcode::Setlk, n, fh, 1, lock(0, 0, libc::F_WRLCK), false).unwrap();
+    // More waiters than the daemon has lock-waiter threads: the rest must not wait in a worker.
+    let mut waiting = Vec::new();
+    for owner in 2..100u64 {
+        let l = LkIn { fh, owner, lk: lock(0, 0, libc::F_WRLCK), lk_flags: 0, padding: 0 };
+        let hdr = c.header(Opcode::Setlkw as u32, n, size_of::<LkIn>());
+        let descs = [Desc::Read(hdr.as_bytes()), Desc::Read(l.as_bytes()), Desc::Write(16)];
+        waiting.push(c.vmm.submit_indirect(REQ_Q, &descs).unwrap());
+    }
+    still_serving(&mut d, &c);
+    c.lk(Opcode::Setlk, n, fh, 1, lock(0, 0, libc::F_UNLCK), false)
+        .unwrap_or_else(|e| panic!("the holder's unlock behind the waiters: errno {e}"));
+}
