@@ -116,6 +116,24 @@ fn create_existing_regular_file_opens_it_with_the_guests_flags() {
 }
 
 #[test]
+fn create_existing_regular_file_checks_the_callers_permission() {
+    let mut d = Daemon::start(&[]);
+    let mut c = d.client();
+    c.make_file("roots", b"secret");
+    std::fs::set_permissions(d.path("roots"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    (c.uid, c.gid) = (1000, 1000);
+    let r = c.create(1, "roots", libc::O_RDONLY | libc::O_CREAT, 0o644).map(drop);
+    assert_eq!(r, Err(libc::EACCES), "CREATE of another user's 0600 file, opened as the caller");
+    let (e, fh) = c.create(1, "mine", libc::O_RDWR | libc::O_CREAT, 0o600).unwrap();
+    c.release(e.nodeid, fh).unwrap();
+    let (again, fh) = c.create(1, "mine", libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC, 0o600).unwrap();
+    assert_eq!(again.nodeid, e.nodeid, "the caller's own file, reopened");
+    c.release(e.nodeid, fh).unwrap();
+    (c.uid, c.gid) = (0, 0);
+    still_serving(&mut d, &c);
+}
+
+#[test]
 fn create_existing_char_device_in_dax_session_is_refused() {
     if !is_root("create_existing_char_device_in_dax_session_is_refused") {
         return;
