@@ -172,6 +172,11 @@ pub struct Options {
     /// RLIMIT_NOFILE to set (0 leaves it unchanged; default raises it to min(1000000, nr_open)).
     #[arg(long)]
     pub rlimit_nofile: Option<u64>,
+    /// Most host fds the guest may keep open at once (handles, lock owners, DAX files); past
+    /// it OPEN, CREATE, OPENDIR and SETLK answer EMFILE. 0 = RLIMIT_NOFILE minus a reserve of
+    /// a quarter of it (at least 256).
+    #[arg(long, default_value_t = 0)]
+    pub guest_fd_quota: usize,
     /// Exit when the frontend disconnects instead of waiting for the next one (virtiofsd's behaviour).
     #[arg(long)]
     pub once: bool,

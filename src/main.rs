@@ -144,6 +144,7 @@ fn fs_config(o: &Options, confined: Confined, dax: Option<Arc<Dax>>) -> Config {
         allow_direct_io: o.allow_direct_io,
         readdirplus: !o.no_readdirplus,
         posix_locks: !o.no_posix_locks,
+        guest_fd_quota: o.guest_fd_quota,
     }
 }
 

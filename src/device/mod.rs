@@ -200,25 +200,33 @@ impl<F: Filesystem + 'static> FsDevice<F> {
             return;
         }
         let blocking = peek_opcode(&chain) == Some(Opcode::Setlkw as u32);
+        // SETLKW may wait forever for another owner: never let it hold a pool worker. Past
+        // MAX_LOCK_WAITERS it is answered ENOLCK at once, so a guest cannot wedge the pool.
+        let refuse = blocking && !self.reserve_lock_waiter();
         let server = Arc::clone(&self.server);
         let job: pool::Job = Box::new(move || {
-            complete(&server, &vring, &mem, &inflight, chain);
+            complete(&server, &vring, &mem, &inflight, chain, refuse.then_some(libc::ENOLCK));
             inflight.finished();
         });
-        // SETLKW may wait forever for another owner: never let it hold a pool worker.
-        let job = if blocking { self.spawn_lock_waiter(job) } else { Some(job) };
+        let job = if blocking && !refuse { self.spawn_lock_waiter(job) } else { Some(job) };
         if let Some(job) = job {
             self.pool.submit(job);
         }
     }
 
-    /// Runs `job` on a thread of its own, if fewer than MAX_LOCK_WAITERS run; otherwise, or if
-    /// no thread can be started, gives it back for the pool.
-    fn spawn_lock_waiter(&self, job: pool::Job) -> Option<pool::Job> {
+    /// Takes one of the MAX_LOCK_WAITERS lock-waiter places; false when all are taken.
+    fn reserve_lock_waiter(&self) -> bool {
         if self.lock_waiters.fetch_add(1, Ordering::AcqRel) >= MAX_LOCK_WAITERS {
             self.lock_waiters.fetch_sub(1, Ordering::AcqRel);
-            return Some(job);
+            warn_limited!("more than {MAX_LOCK_WAITERS} SETLKW waiting; answering ENOLCK");
+            return false;
         }
+        true
+    }
+
+    /// Runs `job` on a thread of its own, in a place `reserve_lock_waiter` took; if no thread
+    /// can be started, frees the place and gives the job back for the pool.
+    fn spawn_lock_waiter(&self, job: pool::Job) -> Option<pool::Job> {
         // Shared with the thread so a failed spawn can hand the job (and its claimed head) back.
         let slot = Arc::new(Mutex::new(Some(job)));
         let theirs = Arc::clone(&slot);
@@ -255,10 +263,14 @@ fn complete<F: Filesystem>(
     mem: &GuestMem,
     inflight: &Inflight,
     chain: Chain,
+    refuse: Option<i32>,
 ) {
     let head = chain.head_index();
     let used = match (Reader::new(mem, chain.clone()), Writer::new(mem, chain)) {
-        (Ok(mut r), Ok(mut w)) => server.handle(&mut r, &mut w),
+        (Ok(mut r), Ok(mut w)) => match refuse {
+            Some(errno) => server.refuse(&mut r, &mut w, errno),
+            None => server.handle(&mut r, &mut w),
+        },
         (Err(e), _) | (_, Err(e)) => {
             warn_limited!("unusable descriptor chain {head}: {e}");
             0

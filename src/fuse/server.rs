@@ -132,6 +132,14 @@ impl<F: Filesystem> Server<F> {
         }
     }
 
+    /// Answers a request with `errno` without running it (the device had no room to run it:
+    /// a SETLKW past the lock-waiter threads gets ENOLCK, which fcntl(2) documents).
+    pub fn refuse(&self, r: &mut Reader<'_>, w: &mut Writer<'_>, errno: i32) -> usize {
+        let Ok(hdr) = r.read_obj::<InHeader>() else { return 0 };
+        debug!("op {} unique {} refused: errno {errno}", hdr.opcode, hdr.unique);
+        write_reply(w, hdr.unique, -errno, &[])
+    }
+
     fn decode_and_run(&self, hdr: InHeader, r: &mut Reader<'_>, w: &mut Writer<'_>) -> OpResult {
         let body_len = usize::try_from(hdr.len).unwrap_or(usize::MAX).checked_sub(size_of::<InHeader>());
         let Some(body_len) = body_len else { return Err(DecodeError::HeaderTooShort.into()) };

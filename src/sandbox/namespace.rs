@@ -149,7 +149,7 @@ fn init_waiter(
             drop(pid_out);
             super::lock_down_waiter(mode)?;
             let status = sys::waitpid(daemon).map_err(step("waiting for the daemon"))?;
-            Ok(Entered::Exited(sys::exit_code(status)))
+            Ok(Entered::Exited(super::supervisor::report(status)))
         }
         sys::Forked::Child => {
             drop(pid_out);

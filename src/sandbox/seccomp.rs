@@ -55,6 +55,8 @@ const DAEMON: &[libc::c_long] = &[
     libc::SYS_clock_nanosleep,
     libc::SYS_nanosleep,
     libc::SYS_prctl,
+    // getrlimit (the fd quota reads RLIMIT_NOFILE); raising a limit needs a dropped capability
+    libc::SYS_prlimit64,
     // credentials (per thread)
     libc::SYS_setfsuid,
     libc::SYS_setfsgid,

@@ -103,7 +103,7 @@ pub(super) fn run(mut w: Watch, pidfd: &OwnedFd, signals: &OwnedFd) -> io::Resul
         }
         let ready = sys::poll_readable(&fds)?;
         if ready.first() == Some(&true) {
-            return sys::waitpid(w.child).map(sys::exit_code);
+            return sys::waitpid(w.child).map(report);
         }
         if ready.get(1) == Some(&true) {
             let sig = sys::read_signal(signals.as_fd())?;
@@ -116,6 +116,20 @@ pub(super) fn run(mut w: Watch, pidfd: &OwnedFd, signals: &OwnedFd) -> io::Resul
             w.maps = None;
         }
     }
+}
+
+/// The exit code for a child's wait status; says why when a signal killed it.
+pub(super) fn report(status: libc::c_int) -> u8 {
+    match sys::killed_by(status) {
+        Some(libc::SIGSYS) => {
+            log::error!(
+                "the daemon made a syscall off the seccomp allowlist and was killed (the kernel's audit log has its number; --seccomp log lets it through and logs it)"
+            );
+        }
+        Some(sig) => log::error!("the daemon was killed by signal {sig}"),
+        None => {}
+    }
+    sys::exit_code(status)
 }
 
 /// Answers one maps query; false once the daemon closed its end (or broke the protocol).

@@ -226,6 +226,11 @@ pub fn waitpid(pid: libc::pid_t) -> io::Result<libc::c_int> {
     }
 }
 
+/// The signal that killed a child, from its wait status.
+pub fn killed_by(status: libc::c_int) -> Option<libc::c_int> {
+    libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status))
+}
+
 /// A wait status as a process exit code (128 + signal for a killed child, as shells do).
 pub fn exit_code(status: libc::c_int) -> u8 {
     let code = if libc::WIFEXITED(status) {

@@ -7,7 +7,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::inodes::Inode;
+use super::inodes::{DaxFile, Inode};
+use super::quota::FdPermit;
 use super::{Passthrough, errno};
 use crate::dax::{Dax, InodeId};
 use crate::fs::{DaxMode, NodeId, SetupMapping, sys};
@@ -53,32 +54,35 @@ impl Passthrough {
         }
     }
 
-    /// The inode's shared file, opened read-write when the export allows.
+    /// The inode's shared file, opened read-write when the export allows. Opening it takes a
+    /// share of the guest's fd quota (EMFILE past it), held until the inode drops the file.
     pub(super) fn shared_file(&self, inode: &Inode) -> io::Result<Arc<OwnedFd>> {
         let mut slot = inode.dax_file.lock().map_err(|_| errno(libc::EIO))?;
         if let Some(f) = slot.as_ref() {
-            return Ok(Arc::clone(f));
+            return Ok(Arc::clone(&f.fd));
         }
+        let permit = self.quota.acquire()?;
         let fd = if self.cfg.readonly {
             self.reopen(inode, libc::O_RDONLY)?
         } else {
             self.reopen(inode, libc::O_RDWR).or_else(|_| self.reopen(inode, libc::O_RDONLY))?
         };
         let f = Arc::new(fd);
-        *slot = Some(Arc::clone(&f));
+        *slot = Some(DaxFile { fd: Arc::clone(&f), _permit: permit });
         Ok(f)
     }
 
-    /// Adopts `fd` (just created with O_RDWR) as the inode's shared file unless it has one.
-    pub(super) fn adopt_shared_file(&self, inode: &Inode, fd: OwnedFd) -> io::Result<Arc<OwnedFd>> {
+    /// Adopts `fd` (just created with O_RDWR, a regular file) as the inode's shared file unless
+    /// it has one; `permit` goes with it (and back to the quota if unused).
+    pub(super) fn adopt_shared_file(&self, inode: &Inode, fd: OwnedFd, permit: FdPermit) -> io::Result<Arc<OwnedFd>> {
         let mut slot = inode.dax_file.lock().map_err(|_| errno(libc::EIO))?;
-        Ok(Arc::clone(slot.get_or_insert_with(|| Arc::new(fd))))
+        Ok(Arc::clone(&slot.get_or_insert_with(|| DaxFile { fd: Arc::new(fd), _permit: permit }).fd))
     }
 
     /// An fd for host I/O on `inode` that never breaks our own lease: the shared file for DAX
     /// inodes, a fresh open otherwise.
     pub(super) fn io_fd(&self, inode: &Inode, flags: i32) -> io::Result<IoFd> {
-        if let Some(f) = inode.dax_file.lock().ok().and_then(|s| s.clone()) {
+        if let Some(f) = inode.dax_file.lock().ok().and_then(|s| s.as_ref().map(|f| Arc::clone(&f.fd))) {
             return Ok(IoFd::Shared(f));
         }
         self.reopen(inode, flags).map(IoFd::Own)
@@ -138,7 +142,9 @@ impl Passthrough {
     /// A WRITE to a DAX inode: held shared against shrinks (the write barrier), then grown (I3).
     pub(super) fn dax_write<T>(&self, inode: &Inode, op: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
         let Some(dax) = self.dax_session() else { return op() };
-        let Some(file) = inode.dax_file.lock().ok().and_then(|s| s.clone()) else { return op() };
+        let Some(file) = inode.dax_file.lock().ok().and_then(|s| s.as_ref().map(|f| Arc::clone(&f.fd))) else {
+            return op();
+        };
         let id = InodeId(inode.nodeid.0);
         dax.touch(id, &file);
         let r = dax.shared(id, op)?;
@@ -160,7 +166,11 @@ impl Passthrough {
         if writable && self.cfg.readonly {
             return Err(errno(libc::EACCES));
         }
-        let file = self.shared_file(&inode)?;
+        // DESIGN.md §3: EMFILE is no SETUPMAPPING answer the guest knows; EIO is.
+        let file = self.shared_file(&inode).map_err(|e| match e.raw_os_error() {
+            Some(libc::EMFILE) => errno(libc::EIO),
+            _ => e,
+        })?;
         if writable && sys::is_read_only(file.as_fd())? {
             return Err(errno(libc::EACCES));
         }

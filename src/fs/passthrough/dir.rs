@@ -17,10 +17,11 @@ impl Passthrough {
         if !inode.is_dir() {
             return Err(errno(libc::ENOTDIR));
         }
+        let permit = self.quota.acquire()?;
         let fd = self.reopen(&inode, libc::O_RDONLY | libc::O_DIRECTORY)?;
         let cached = matches!(self.cfg.cache, CachePolicy::Metadata | CachePolicy::Always);
         let opts = OpenOptions { keep_cache: cached, cache_dir: cached, direct_io: false };
-        Ok((self.handles.insert(fd, inode)?, opts))
+        Ok((self.handles.insert(fd, inode, permit)?, opts))
     }
 }
 

@@ -3,12 +3,15 @@
 
 use std::ffi::CStr;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use super::inodes::InodeKey;
+use super::inodes::{Inode, InodeKey};
 use super::{Passthrough, check_name, errno};
 use crate::fs::cred::{ScopedCreds, ScopedUmask};
 use crate::fs::{Context, CreateParams, Entry, HandleId, NodeId, OpenOptions, sys};
+
+/// How often a CREATE without O_EXCL tries create-then-open when the name keeps vanishing.
+const CREATE_ATTEMPTS: usize = 4;
 
 impl Passthrough {
     /// Runs `op` on `parent`'s fd as the caller, with the right umask, then looks `name` up.
@@ -108,41 +111,83 @@ impl Passthrough {
             // file goes through the window's shrink instead.
             flags = (flags & !(libc::O_ACCMODE | libc::O_APPEND | libc::O_TRUNC)) | libc::O_RDWR;
         }
-        let fd = {
-            let _creds = ScopedCreds::switch(ctx)?;
-            let _umask = ScopedUmask::set(self.create_umask(p.umask));
-            match name {
-                Some(name) => {
-                    flags |= libc::O_CREAT | (guest & libc::O_EXCL);
-                    sys::openat_beneath(parent_inode.path_fd(), name, flags, p.mode & 0o7777)?
-                }
-                None => {
-                    flags = (flags & !libc::O_NOFOLLOW) | libc::O_TMPFILE;
-                    sys::openat(parent_inode.path_fd(), c".", flags, p.mode & 0o7777)?
-                }
-            }
-        };
+        // Both permits before anything is created: a refusal leaves no trace.
+        let permit = self.quota.acquire()?;
+        let dax_permit = if dax { Some(self.quota.acquire()?) } else { None };
+        let fd = self.create_fd(ctx, &parent_inode, name, &p, flags)?;
         let mut entry = match name {
             Some(name) => self.do_lookup(&parent_inode, name)?,
             None => self.insert_open_file(fd.as_fd())?,
         };
         let inode = self.inode(entry.nodeid)?;
-        let fd = if dax {
-            let shared = self.adopt_shared_file(&inode, fd)?;
-            if guest & libc::O_TRUNC != 0 {
-                self.dax_truncate(&inode, shared.as_fd(), 0)?;
+        let fd = match dax_permit {
+            Some(dax_permit) => {
+                let shared = self.adopt_shared_file(&inode, fd, dax_permit)?;
+                if guest & libc::O_TRUNC != 0 {
+                    self.dax_truncate(&inode, shared.as_fd(), 0)?;
+                }
+                // The entry must show the size after the O_TRUNC (the guest takes it as the new
+                // file's), and never a size padded for the EOF page.
+                let (attr, mnt_id) = self.dax_stat(&inode)?;
+                entry.attr = self.decorate(attr, mnt_id, Some(&parent_inode));
+                shared.try_clone()?
             }
-            // The entry must show the size after the O_TRUNC (the guest takes it as the new
-            // file's), and never a size padded for the EOF page.
-            let (attr, mnt_id) = self.dax_stat(&inode)?;
-            entry.attr = self.decorate(attr, mnt_id, Some(&parent_inode));
-            shared.try_clone()?
-        } else {
-            fd
+            None => fd,
         };
         let opts = self.file_open_options(&inode);
-        let fh = self.handles.insert(fd, inode)?;
+        let fh = self.handles.insert(fd, inode, permit)?;
         Ok((entry, fh, opts))
+    }
+
+    /// Opens the file of a CREATE (`name`) or TMPFILE as the caller: always a regular file.
+    /// A named CREATE is tried with O_EXCL first, so it never opens what is already there;
+    /// without the guest's O_EXCL an existing name then goes through `open_existing`.
+    fn create_fd(
+        &self,
+        ctx: &Context,
+        parent: &Inode,
+        name: Option<&CStr>,
+        p: &CreateParams,
+        flags: i32,
+    ) -> io::Result<OwnedFd> {
+        let mode = p.mode & 0o7777;
+        let _creds = ScopedCreds::switch(ctx)?;
+        let _umask = ScopedUmask::set(self.create_umask(p.umask));
+        let Some(name) = name else {
+            // O_TMPFILE makes a new unnamed regular file in a directory: it opens nothing else.
+            return sys::openat(parent.path_fd(), c".", (flags & !libc::O_NOFOLLOW) | libc::O_TMPFILE, mode);
+        };
+        let guest_excl = i32::from_ne_bytes(p.flags.to_ne_bytes()) & libc::O_EXCL != 0;
+        let mut last = errno(libc::ENOENT);
+        // Another host process may unlink the name between the two steps: then create again.
+        for _ in 0..CREATE_ATTEMPTS {
+            match sys::openat_beneath(parent.path_fd(), name, flags | libc::O_CREAT | libc::O_EXCL, mode) {
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) && !guest_excl => {}
+                done => return done,
+            }
+            match self.open_existing(parent, name, flags) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => last = e,
+                done => return done,
+            }
+        }
+        Err(last)
+    }
+
+    /// Opens what a CREATE without O_EXCL found at `name`, only if it is a regular file. The
+    /// type comes from statx of an O_PATH fd, which opens nothing: an open(2) of a FIFO would
+    /// block the worker and one of a device would hand the guest the host's device.
+    fn open_existing(&self, parent: &Inode, name: &CStr, flags: i32) -> io::Result<OwnedFd> {
+        let path = sys::openat_beneath(parent.path_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        match sys::statx(path.as_fd())?.0.mode & libc::S_IFMT {
+            libc::S_IFREG => self.reopen_fd(path.as_fd(), flags),
+            // What open(2) with O_CREAT (and, for the symlink, O_NOFOLLOW) answers.
+            libc::S_IFDIR => Err(errno(libc::EISDIR)),
+            libc::S_IFLNK => Err(errno(libc::ELOOP)),
+            // FIFOs, sockets, devices: ENXIO, which open(2) itself answers for a socket and for
+            // a device without a driver, so a guest program copes. A Linux guest never sends
+            // this for a special file it knows; it opens those locally.
+            _ => Err(errno(libc::ENXIO)),
+        }
     }
 
     /// Registers the inode behind an open fd (for O_TMPFILE, which has no name to look up).

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::inodes::Inode;
+use super::quota::FdPermit;
 use crate::fs::HandleId;
 
 /// One open host file description.
@@ -17,6 +18,8 @@ pub struct Handle {
     pub inode: Arc<Inode>,
     /// Serializes lseek+getdents on directory handles.
     pub dir_lock: Mutex<()>,
+    /// The fd's share of the guest's fd quota.
+    _permit: FdPermit,
 }
 
 impl Handle {
@@ -42,10 +45,10 @@ impl HandleTable {
         HandleTable { map: RwLock::new(HashMap::new()), next: AtomicU64::new(1) }
     }
 
-    /// Registers an open fd; returns its id.
-    pub fn insert(&self, fd: OwnedFd, inode: Arc<Inode>) -> io::Result<HandleId> {
+    /// Registers an open fd, which holds `permit` for as long as it stays open; returns its id.
+    pub fn insert(&self, fd: OwnedFd, inode: Arc<Inode>, permit: FdPermit) -> io::Result<HandleId> {
         let id = HandleId(self.next.fetch_add(1, Ordering::Relaxed));
-        let h = Handle { fd, inode, dir_lock: Mutex::new(()) };
+        let h = Handle { fd, inode, dir_lock: Mutex::new(()), _permit: permit };
         self.map.write().map_err(|_| ebadf())?.insert(id, Arc::new(h));
         Ok(id)
     }

@@ -7,6 +7,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use super::quota::FdPermit;
 use crate::fs::{NodeId, ROOT_ID};
 
 /// What identifies a host inode across lookups.
@@ -25,6 +26,15 @@ pub struct LockOwner {
     /// The guest handles the owner locked through: releasing one drops the owner (a POSIX
     /// owner's locks go at any close; an OFD owner is its one open file).
     pub handles: Vec<crate::fs::HandleId>,
+    /// The description's share of the guest's fd quota.
+    pub _permit: FdPermit,
+}
+
+/// The one open file DAX uses for an inode, and its share of the guest's fd quota.
+#[derive(Debug)]
+pub struct DaxFile {
+    pub fd: Arc<OwnedFd>,
+    pub _permit: FdPermit,
 }
 
 /// One host inode the guest knows.
@@ -43,7 +53,7 @@ pub struct Inode {
     /// Lock owners -> the open file description their OFD locks live on.
     pub lock_owners: Mutex<HashMap<u64, LockOwner>>,
     /// The one open file DAX uses for this inode (mappings, guest handles, lease).
-    pub dax_file: Mutex<Option<Arc<OwnedFd>>>,
+    pub dax_file: Mutex<Option<DaxFile>>,
 }
 
 impl Inode {

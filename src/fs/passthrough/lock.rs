@@ -3,7 +3,7 @@
 //! requests go to the handle's own description.
 
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use super::handles::Handle;
@@ -37,9 +37,15 @@ fn from_flock(fl: &libc::flock) -> Lock {
     Lock { start, end, typ: u32::try_from(fl.l_type).unwrap_or(0), pid: u32::try_from(fl.l_pid).unwrap_or(0) }
 }
 
-/// The open file description holding `owner`'s locks on `inode`, opened on first use; notes
-/// that the owner locked through handle `fh`.
-fn owner_fd(fs: &Passthrough, inode: &Inode, owner: u64, fh: HandleId) -> io::Result<Arc<std::os::fd::OwnedFd>> {
+/// A new open file description of `inode` for locks: read-write where allowed.
+fn lock_file(fs: &Passthrough, inode: &Inode) -> io::Result<OwnedFd> {
+    fs.reopen(inode, libc::O_RDWR).or_else(|_| fs.reopen(inode, libc::O_RDONLY))
+}
+
+/// The open file description holding `owner`'s locks on `inode`, opened on first use (it then
+/// holds a share of the guest's fd quota: EMFILE past it); notes that the owner locked through
+/// handle `fh`.
+fn owner_fd(fs: &Passthrough, inode: &Inode, owner: u64, fh: HandleId) -> io::Result<Arc<OwnedFd>> {
     let mut owners = inode.lock_owners.lock().map_err(|_| errno(libc::EIO))?;
     if let Some(o) = owners.get_mut(&owner) {
         if !o.handles.contains(&fh) {
@@ -47,10 +53,21 @@ fn owner_fd(fs: &Passthrough, inode: &Inode, owner: u64, fh: HandleId) -> io::Re
         }
         return Ok(Arc::clone(&o.fd));
     }
-    let fd = fs.reopen(inode, libc::O_RDWR).or_else(|_| fs.reopen(inode, libc::O_RDONLY))?;
-    let fd = Arc::new(fd);
-    owners.insert(owner, LockOwner { fd: Arc::clone(&fd), handles: vec![fh] });
+    let permit = fs.quota.acquire()?;
+    let fd = Arc::new(lock_file(fs, inode)?);
+    owners.insert(owner, LockOwner { fd: Arc::clone(&fd), handles: vec![fh], _permit: permit });
     Ok(fd)
+}
+
+/// The description of an owner that may hold locks: its own if it has one. An owner without
+/// one holds no locks, so a fresh description, closed after the request, answers the same
+/// and keeps no fd for the guest.
+fn query_fd(fs: &Passthrough, inode: &Inode, owner: u64) -> io::Result<Arc<OwnedFd>> {
+    let known = inode.lock_owners.lock().map_err(|_| errno(libc::EIO))?.get(&owner).map(|o| Arc::clone(&o.fd));
+    match known {
+        Some(fd) => Ok(fd),
+        None => lock_file(fs, inode).map(Arc::new),
+    }
 }
 
 /// A new open of a DAX inode would break our own lease and revoke the guest's mappings, so
@@ -67,7 +84,7 @@ fn check_not_dax(h: &Handle) -> io::Result<()> {
 pub fn getlk(fs: &Passthrough, h: &Handle, req: LockRequest) -> io::Result<Lock> {
     check_not_dax(h)?;
     let mut fl = to_flock(req.lock)?;
-    let fd = owner_fd(fs, &h.inode, req.owner, req.fh)?;
+    let fd = query_fd(fs, &h.inode, req.owner)?;
     sys::ofd_lock(fd.as_fd(), libc::F_OFD_GETLK, &mut fl)?;
     let mut out = from_flock(&fl);
     if fl.l_type == i16::try_from(libc::F_UNLCK).unwrap_or(2) {

@@ -10,11 +10,12 @@ mod file;
 mod handles;
 mod inodes;
 mod lock;
+mod quota;
 mod xattr;
 
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -23,6 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use self::dax::DaxFiles;
 use self::handles::HandleTable;
 use self::inodes::{Inode, InodeKey, InodeTable};
+use self::quota::FdQuota;
 use super::{
     Attr, Context, CopyRange, CreateParams, DirSink, Entry, Filesystem, FsCapabilities, HandleId, Lock, LockRequest,
     Negotiated, NodeId, OpenOptions, ReadParams, SetAttr, SetupMapping, StatFs, WriteParams, XattrReply,
@@ -74,6 +76,9 @@ pub struct Config {
     pub allow_direct_io: bool,
     pub readdirplus: bool,
     pub posix_locks: bool,
+    /// Most host fds held open for the guest at once (`--guest-fd-quota`): handles, lock
+    /// owners' files, DAX shared files. 0 = computed from RLIMIT_NOFILE at startup.
+    pub guest_fd_quota: usize,
 }
 
 /// The passthrough filesystem.
@@ -85,6 +90,8 @@ pub struct Passthrough {
     proc_fd: OwnedFd,
     inodes: InodeTable,
     handles: HandleTable,
+    /// Host fds the guest may keep open (EMFILE past it).
+    quota: FdQuota,
     /// Mixed into every entry's generation, so node ids reused by a restarted daemon differ.
     generation: u64,
     /// Writeback cache negotiated in this session.
@@ -118,6 +125,11 @@ impl Passthrough {
             Some(fd) => fd.try_clone()?,
             None => sys::openat(cwd, c"/proc/self/fd", libc::O_PATH | libc::O_DIRECTORY, 0)?,
         };
+        let quota = FdQuota::new(match cfg.guest_fd_quota {
+            0 => FdQuota::default_limit(sys::nofile_limit().map_or(1024, |(soft, _)| soft)),
+            n => n,
+        });
+        log::info!("guest fd quota: {} host fds", quota.limit());
         let generation = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(1).max(1);
         let fs = Passthrough {
             cfg,
@@ -125,6 +137,7 @@ impl Passthrough {
             proc_fd,
             inodes: InodeTable::new(),
             handles: HandleTable::new(),
+            quota,
             generation,
             writeback: AtomicBool::new(false),
             posix_acl: AtomicBool::new(false),
@@ -149,12 +162,31 @@ impl Passthrough {
     }
 
     /// Opens an inode for I/O through /proc/self/fd (regular files and directories only).
+    /// Every host open made for guest I/O goes through here or `reopen_fd`.
     fn reopen(&self, inode: &Inode, flags: i32) -> io::Result<OwnedFd> {
+        // The type check comes before the open: an open(2) of a FIFO blocks and one of a
+        // device runs its driver, so checking the fd afterwards would be too late.
         if !inode.is_openable() {
             return Err(errno(libc::EBADF));
         }
-        let name = sys::fd_name(inode.path_fd());
-        sys::openat(self.proc_fd.as_fd(), &name, flags & !libc::O_NOFOLLOW, 0)
+        self.reopen_fd(inode.path_fd(), flags)
+    }
+
+    /// Opens the inode behind the O_PATH fd `path` through /proc/self/fd, for an inode the
+    /// caller knows to be a regular file or a directory. Defence in depth: the fd it got is
+    /// checked to be one, and closed with EBADF otherwise.
+    fn reopen_fd(&self, path: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
+        let name = sys::fd_name(path);
+        let flags = flags & !(libc::O_NOFOLLOW | libc::O_CREAT | libc::O_EXCL);
+        let fd = sys::openat(self.proc_fd.as_fd(), &name, flags, 0)?;
+        let mode = sys::statx(fd.as_fd())?.0.mode;
+        match mode & libc::S_IFMT {
+            libc::S_IFREG | libc::S_IFDIR => Ok(fd),
+            other => {
+                log::error!("reopen gave a non-regular file (type {other:#o}); closed it");
+                Err(errno(libc::EBADF))
+            }
+        }
     }
 
     /// Finishes an attribute set for the guest: submount and DAX flags.
@@ -331,6 +363,7 @@ impl Filesystem for Passthrough {
             return Err(errno(libc::EISDIR));
         }
         let trunc = i32::from_ne_bytes(flags.to_ne_bytes()) & libc::O_TRUNC != 0;
+        let permit = self.quota.acquire()?;
         let fd = if self.is_dax_inode(&inode) {
             // Guest handles share the DAX file: a new open would break our own lease.
             let shared = self.shared_file(&inode)?;
@@ -345,7 +378,7 @@ impl Filesystem for Passthrough {
             attr::kill_suidgid(fd.as_fd())?;
         }
         let opts = self.file_open_options(&inode);
-        Ok((self.handles.insert(fd, inode)?, opts))
+        Ok((self.handles.insert(fd, inode, permit)?, opts))
     }
 
     fn read(&self, _ctx: &Context, node: NodeId, w: &mut dyn ZeroCopyWriter, p: ReadParams) -> io::Result<usize> {
@@ -509,6 +542,18 @@ mod tests {
         for good in [c"a", c"...", c".hidden", c"a b", c"\xff"] {
             assert!(check_name(good).is_ok(), "{good:?}");
         }
+    }
+
+    #[test]
+    fn reopen_fd_of_a_device_is_ebadf_and_of_a_file_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        let fs = Passthrough::new(Config { root: dir.path().into(), ..Config::default() }).unwrap();
+        // /dev/null: opening it has no effect, so the check after the open can be shown.
+        let null = sys::openat(sys::cwd(), c"/dev/null", libc::O_PATH, 0).unwrap();
+        assert_eq!(fs.reopen_fd(null.as_fd(), libc::O_RDONLY).unwrap_err().raw_os_error(), Some(libc::EBADF));
+        let f = sys::openat(fs.root_fd.as_fd(), c"f", libc::O_PATH, 0).unwrap();
+        assert!(fs.reopen_fd(f.as_fd(), libc::O_RDONLY).is_ok());
     }
 
     #[test]
