@@ -2,7 +2,9 @@
 # compare.sh — runs examples/fsbench against daxfsd and virtiofsd, one after the other, on
 # fresh shared directories (tmpfs-free: both under the same filesystem), and prints the tables.
 #
-# Usage: bench/compare.sh [--queues N] [--seconds S] [--threads N] [--rounds R]
+# Usage: bench/compare.sh [--queues N] [--seconds S] [--threads N] [--rounds R] [--sandbox-cost]
+#   --sandbox-cost: instead of virtiofsd, compare daxfsd (default sandbox: namespaces, seccomp)
+#   with daxfsd --sandbox none --seccomp none, the price of the confinement.
 #   Each round runs every daemon once, in turn; the summary gives each workload's median
 #   ops/s over the rounds and the range. One request is in flight per queue, so the numbers
 #   are latency-bound, and on a shared 2-CPU VM one run varies by 2-3x: use rounds.
@@ -10,19 +12,20 @@
 #   virtiofsd serves one request queue only; with --queues > 1 it is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-queues=1 seconds=2 threads=4 rounds=3
+queues=1 seconds=2 threads=4 rounds=3 sandbox_cost=0
 while [[ $# -gt 0 ]]; do
     case $1 in
         --queues) queues=$2; shift 2 ;;
         --seconds) seconds=$2; shift 2 ;;
         --threads) threads=$2; shift 2 ;;
         --rounds) rounds=$2; shift 2 ;;
+        --sandbox-cost) sandbox_cost=1; shift ;;
         *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
 cargo build --release --quiet --bin daxfsd --example fsbench
 virtiofsd=${VIRTIOFSD:-/opt/virtiofsd/bin/virtiofsd}
-[[ -x $virtiofsd ]] || vm-tests/install-virtiofsd.sh >&2
+[[ -x $virtiofsd ]] || ((sandbox_cost)) || vm-tests/install-virtiofsd.sh >&2
 
 work=$(mktemp -d /var/tmp/fsbench.XXXXXX)
 pids=()
@@ -48,15 +51,22 @@ run() { # label, daemon command...
 echo "host: $(nproc) CPUs, $(uname -r); shared dirs on $(df -T "$work" | awk 'NR==2 {print $2}')"
 echo "$rounds round(s) of ${seconds}s per workload per daemon, $queues request queue(s)"
 labels=(daxfsd)
-[[ $queues -eq 1 ]] && labels+=(virtiofsd-pool virtiofsd-default)
+if ((sandbox_cost)); then
+    labels+=(daxfsd-unconfined)
+elif [[ $queues -eq 1 ]]; then
+    labels+=(virtiofsd-pool virtiofsd-default)
+fi
 for ((r = 1; r <= rounds; r++)); do
     run daxfsd target/release/daxfsd --thread-pool-size "$threads" --num-request-queues "$queues" --tag bench
-    if [[ $queues -eq 1 ]]; then
+    if ((sandbox_cost)); then
+        run daxfsd-unconfined target/release/daxfsd --thread-pool-size "$threads" --num-request-queues "$queues" \
+            --tag bench --sandbox none --seccomp none
+    elif [[ $queues -eq 1 ]]; then
         run virtiofsd-pool "$virtiofsd" --thread-pool-size "$threads" --sandbox none
         run virtiofsd-default "$virtiofsd" --sandbox none
     fi
 done
-[[ $queues -eq 1 ]] || echo "virtiofsd skipped: it has one request queue"
+[[ $queues -eq 1 ]] || ((sandbox_cost)) || echo "virtiofsd skipped: it has one request queue"
 
 # Median and range of each (workload, daemon) over the rounds.
 printf '\n| workload |'

@@ -7,4 +7,5 @@ pub mod dax;
 pub mod device;
 pub mod fs;
 pub mod fuse;
+pub mod log_limit;
 pub mod sandbox;

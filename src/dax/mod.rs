@@ -13,6 +13,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
+use crate::log_limit::{error_limited, info_limited, warn_limited};
 use log::{debug, info, warn};
 
 pub use self::lease::block_sigio_in_process;
@@ -310,7 +311,7 @@ impl Dax {
         if let Ok(true) = self.inner.leases.ensure(inode, file) {
             self.inner.unrevoke(inode);
             if let Err(e) = self.inner.reinstall(inode, file.as_fd()) {
-                warn!("cannot re-install inode {}: {e}", inode.0);
+                warn_limited!("cannot re-install inode {}: {e}", inode.0);
             }
         }
     }
@@ -390,7 +391,7 @@ impl Inner {
         sys::ftruncate(file, end).map_err(DaxError::Host)?;
         let r = f(end);
         if let Err(e) = sys::ftruncate(file, eof).and_then(|()| sys::set_mtime(file, mtime)) {
-            log::error!("cannot restore the size {eof} after mapping the EOF page: {e}");
+            error_limited!("cannot restore the size {eof} after mapping the EOF page: {e}");
         }
         r
     }
@@ -471,7 +472,7 @@ impl Inner {
         }
         let last = WinRange { start: WinOffset(self.window_len - self.align), len: self.align };
         if mapper.unmap(last).is_ok() {
-            log::error!(
+            error_limited!(
                 "DAX off on this connection: the frontend does not acknowledge window changes \
                  (an unmap of an unmapped page came back as success); it must negotiate REPLY_ACK"
             );
@@ -582,7 +583,7 @@ impl Inner {
             m.clear();
         }
         if n > 0 {
-            info!("DAX window cleared ({n} mappings)");
+            info_limited!("DAX window cleared ({n} mappings)");
         }
     }
 }

@@ -238,7 +238,7 @@ impl Table {
         if let Some(mapper) = mapper {
             for m in self.maps.values_mut() {
                 if let Err(e) = m.unmap_all(mapper) {
-                    log::warn!("cannot unmap {:#x}: {e}", m.range.start.0);
+                    crate::log_limit::warn_limited!("cannot unmap {:#x}: {e}", m.range.start.0);
                 }
             }
         }

@@ -27,7 +27,7 @@ use crate::fs::Filesystem;
 use crate::fuse::Server;
 use crate::fuse::abi::Opcode;
 use crate::fuse::chain::{GuestMem, Reader, Writer};
-use crate::fuse::log_limit::{info_limited, warn_limited};
+use crate::log_limit::{info_limited, warn_limited};
 use inflight::{Inflight, Refused};
 pub use pool::prepare_worker_thread;
 

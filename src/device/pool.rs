@@ -6,7 +6,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crate::fuse::log_limit::error_limited;
+use crate::log_limit::error_limited;
 
 /// One unit of work.
 pub type Job = Box<dyn FnOnce() + Send + 'static>;

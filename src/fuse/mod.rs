@@ -5,7 +5,6 @@ pub mod abi;
 pub mod chain;
 mod convert;
 mod dispatch;
-pub(crate) mod log_limit;
 mod ops;
 pub mod request;
 pub mod server;

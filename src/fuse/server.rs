@@ -10,9 +10,9 @@ use zerocopy::{Immutable, IntoBytes};
 
 use super::abi::{InHeader, Opcode, OutHeader, WriteIn};
 use super::chain::{Reader, Writer};
-use super::log_limit::warn_limited;
 use super::request::{Body, DecodeError, split_extensions};
 use crate::fs::{Context, Filesystem};
+use crate::log_limit::warn_limited;
 
 /// Largest WRITE payload we accept, and announce as max_write.
 pub const MAX_WRITE: u32 = 1 << 20;

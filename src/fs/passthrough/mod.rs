@@ -183,7 +183,7 @@ impl Passthrough {
         match mode & libc::S_IFMT {
             libc::S_IFREG | libc::S_IFDIR => Ok(fd),
             other => {
-                log::error!("reopen gave a non-regular file (type {other:#o}); closed it");
+                crate::log_limit::error_limited!("reopen gave a non-regular file (type {other:#o}); closed it");
                 Err(errno(libc::EBADF))
             }
         }

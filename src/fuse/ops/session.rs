@@ -5,8 +5,8 @@ use std::sync::atomic::Ordering;
 
 use crate::fs::{DaxMode, Filesystem, Negotiated};
 use crate::fuse::abi::*;
-use crate::fuse::log_limit::info_limited;
 use crate::fuse::server::{MAX_WRITE, OpResult, Request, Server, ok, ok_empty};
+use crate::log_limit::info_limited;
 
 /// Flags we accept whenever the guest offers them. Not FUSE_ATOMIC_O_TRUNC: with it the guest
 /// sends OPEN(O_TRUNC) without waiting for its in-flight writeback WRITEs, and the worker pool

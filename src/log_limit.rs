@@ -1,6 +1,6 @@
 //! Rate limits for log lines a guest can trigger: an occurrence is logged at counts 1, 2, 4, 8,
-//! ... and only counted otherwise, so a guest repeating a fault cannot flood the log. It lives
-//! in `fuse/` so both `fuse/` and `device/` may use it; it depends on std and `log` only.
+//! ... and only counted otherwise, so a guest repeating a fault cannot flood the log. A leaf
+//! every layer may use (std and `log` only, no other module).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -28,7 +28,7 @@ impl LogLimit {
 /// appended. Use it for every warn/error/info line a guest can cause.
 macro_rules! log_limited {
     ($level:expr, $($arg:tt)+) => {{
-        static LIMIT: $crate::fuse::log_limit::LogLimit = $crate::fuse::log_limit::LogLimit::new();
+        static LIMIT: $crate::log_limit::LogLimit = $crate::log_limit::LogLimit::new();
         if let Some(n) = LIMIT.hit() {
             log::log!($level, "{} ({n} times so far)", format_args!($($arg)+));
         }
@@ -37,17 +37,17 @@ macro_rules! log_limited {
 
 /// `warn!`, rate-limited per call site (see [`log_limited!`]).
 macro_rules! warn_limited {
-    ($($arg:tt)+) => { $crate::fuse::log_limit::log_limited!(log::Level::Warn, $($arg)+) };
+    ($($arg:tt)+) => { $crate::log_limit::log_limited!(log::Level::Warn, $($arg)+) };
 }
 
 /// `error!`, rate-limited per call site (see [`log_limited!`]).
 macro_rules! error_limited {
-    ($($arg:tt)+) => { $crate::fuse::log_limit::log_limited!(log::Level::Error, $($arg)+) };
+    ($($arg:tt)+) => { $crate::log_limit::log_limited!(log::Level::Error, $($arg)+) };
 }
 
 /// `info!`, rate-limited per call site (see [`log_limited!`]).
 macro_rules! info_limited {
-    ($($arg:tt)+) => { $crate::fuse::log_limit::log_limited!(log::Level::Info, $($arg)+) };
+    ($($arg:tt)+) => { $crate::log_limit::log_limited!(log::Level::Info, $($arg)+) };
 }
 
 pub(crate) use {error_limited, info_limited, log_limited, warn_limited};
