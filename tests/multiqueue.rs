@@ -79,12 +79,10 @@ fn blocking_lock_waits_without_starving_other_requests() {
     let wr = FileLock { start: 0, end: 0, typ: libc::F_WRLCK as u32, pid: 1 };
     c.lk(Opcode::Setlk, n, fh, 1, wr, false).unwrap();
     // Owner 2 blocks in SETLKW; the single pool worker must stay free for owner 1's unlock.
-    let body = LkIn { fh, owner: 2, lk: wr, lk_flags: 0, padding: 0 };
-    let hdr = c.header(Opcode::Setlkw as u32, n, 48);
-    let t = c.vmm.submit(REQ_Q, &[Desc::Read(hdr.as_bytes()), Desc::Read(body.as_bytes()), Desc::Write(16)]).unwrap();
+    let (t, unique) = c.submit_setlkw(n, fh, 2, wr);
     assert!(c.getattr(n).is_ok());
     let un = FileLock { typ: libc::F_UNLCK as u32, ..wr };
     c.lk(Opcode::Setlk, n, fh, 1, un, false).unwrap();
     let r = c.vmm.wait(t).unwrap();
-    check_reply(&r, hdr.unique).unwrap();
+    check_reply(&r, unique).unwrap();
 }

@@ -5,9 +5,7 @@
 mod common;
 
 use common::fuse::*;
-use common::vmm::Desc;
 use daxfsd::fuse::abi::*;
-use zerocopy::IntoBytes;
 
 /// Re-publishes of one head while it is in flight: before duplicates were dropped, 400,000 of
 /// them grew a debug daemon from 7 MB to 49 MB of RSS (one queued job each).
@@ -28,9 +26,7 @@ fn republished_in_flight_head_is_dropped_and_memory_stays_bounded() {
     let fh = c.open(n, libc::O_RDWR).unwrap();
     let wr = FileLock { start: 0, end: 0, typ: libc::F_WRLCK as u32, pid: 1 };
     c.lk(Opcode::Setlk, n, fh, 1, wr, false).unwrap();
-    let body = LkIn { fh, owner: 2, lk: wr, lk_flags: 0, padding: 0 };
-    let hdr = c.header(Opcode::Setlkw as u32, n, 48);
-    let t = c.vmm.submit(REQ_Q, &[Desc::Read(hdr.as_bytes()), Desc::Read(body.as_bytes()), Desc::Write(16)]).unwrap();
+    let (t, unique) = c.submit_setlkw(n, fh, 2, wr);
     assert!(c.getattr(n).is_ok(), "the SETLKW must not hold up other requests");
     let before = d.rss_kib();
     c.vmm.republish(&t, REPUBLISHES).unwrap();
@@ -41,7 +37,7 @@ fn republished_in_flight_head_is_dropped_and_memory_stays_bounded() {
     assert!(c.getattr(n).is_ok(), "the duplicates must not hold up other requests:\n{}", d.log());
     let un = FileLock { typ: libc::F_UNLCK as u32, ..wr };
     c.lk(Opcode::Setlk, n, fh, 1, un, false).unwrap();
-    check_reply(&c.vmm.wait(t).unwrap(), hdr.unique).unwrap();
+    check_reply(&c.vmm.wait(t).unwrap(), unique).unwrap();
     // A second used element for the head would fail every later wait ("head not in flight").
     still_serving(&mut d, &c);
     assert!(c.lk(Opcode::Getlk, n, fh, 1, wr, false).is_ok());

@@ -8,11 +8,20 @@
 # Checks whose guest check was skipped (marker files xattr-unsupported,
 # mmap-unsupported; O_TMPFILE or punch hole unsupported) are skipped here
 # too. Prints one line per check; exits 1 if any failed.
+# DAXFSD_ROOTLESS_IDS=OWN:SUB: the daemon ran rootless with guest id 0 mapped to host id OWN
+# and guest ids 1.. to host ids SUB..: the owner checks expect the host's view of them.
 set -euo pipefail
 
 share=${1:?usage: host-check-posix.sh SHARE_DIR}
 dir=$share/posix-smoke-keep
 fails=0
+# hid ID — the host id of guest id ID.
+hid() {
+    local own sub
+    if [[ -z ${DAXFSD_ROOTLESS_IDS:-} ]]; then echo "$1"; return; fi
+    own=${DAXFSD_ROOTLESS_IDS%%:*} sub=${DAXFSD_ROOTLESS_IDS#*:}
+    if (($1 == 0)); then echo "$own"; else echo $((sub + $1 - 1)); fi
+}
 
 ok() { printf 'host-check-posix: ok   %s\n' "$1"; }
 bad() { printf 'host-check-posix: FAIL %s\n' "$1"; fails=$((fails + 1)); }
@@ -64,10 +73,10 @@ same "EXCHANGE: exchange-b" "$(cat "$dir/exchange-b")" A
 same "hard link inode" "$(stat -c %i "$dir/hard-1")" "$(stat -c %i "$dir/hard-2")"
 same "hard link count" "$(stat -c %h "$dir/hard-1")" 2
 same "hard link content" "$(cat "$dir/hard-2")" "two names"
-same "chown" "$(stat -c %u:%g "$dir/chowned")" 1234:5678
+same "chown" "$(stat -c %u:%g "$dir/chowned")" "$(hid 1234):$(hid 5678)"
 same "chmod after chown" "$(stat -c %a "$dir/chowned")" 640
 same "set-uid mode" "$(stat -c %a "$dir/suid")" 4755
-same "owner of guest-created files" "$(stat -c %u:%g "$dir/data.txt")" 0:0
+same "owner of guest-created files" "$(stat -c %u:%g "$dir/data.txt")" "$(hid 0):$(hid 0)"
 same "truncated" "$(cat "$dir/truncated")" abc
 same "grown sparse file size" "$(stat -c %s "$dir/sparse-grown")" 1048576
 check "grown sparse file reads zeros" zeros "$dir/sparse-grown" 0 1048576

@@ -170,6 +170,20 @@ if ((!has_dax)); then
     fi
 fi
 
+# The rootless cell's user: nobody, with subordinate ids for newuidmap/newgidmap.
+rootless_uid=65534
+rootless_sub=200000
+if printf '%s\n' "${all_cells[@]}" | grep -q '^rootless-' && [[ rootless-dax-always-q1-auto =~ $cells_re ]]; then
+    if ! command -v newuidmap >/dev/null; then
+        DEBIAN_FRONTEND=noninteractive apt-get -o Acquire::Check-Valid-Until=false update -qq >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq uidmap >&2
+    fi
+    user=$(getent passwd "$rootless_uid" | cut -d: -f1)
+    for f in /etc/subuid /etc/subgid; do
+        grep -q "^$user:$rootless_sub:65536\$" "$f" 2>/dev/null || echo "$user:$rootless_sub:65536" >>"$f"
+    done
+fi
+
 declare -A cell_status cell_time cell_ops cell_failed
 ran=()
 matched=0
@@ -216,10 +230,12 @@ for cell in "${all_cells[@]}"; do
         printf 'SKIP %s: virtiofsd supports one request queue\n' "$cell"
         continue
     fi
+    host_check=$(printf '%q' "$here/host-check-posix.sh")
+    [[ $sandbox == rootless ]] && host_check="DAXFSD_ROOTLESS_IDS=$rootless_uid:$rootless_sub $host_check"
     run_args=(--daemon "$daemon_copy" --accel "$accel" --queues "$q" --timeout "$cell_timeout"
         --test "$tests" "${guest_files[@]}"
         --host-during "$(printf '%q' "$here/host-external-truncate.sh") $host_during_args"
-        --host-check "$(printf '%q' "$here/host-check-posix.sh")"
+        --host-check "$host_check"
         --daemon-arg=--cache="$cache" --daemon-arg=--xattr)
     [[ $daemon_kind == daxfsd ]] && run_args+=(--daemon-arg=--num-request-queues="$q")
     case $mode in
@@ -228,7 +244,14 @@ for cell in "${all_cells[@]}"; do
         dax-inode) run_args+=(--device dax --mount-opts dax=inode --daemon-arg=--dax-window=1G) ;;
     esac
     case $sandbox in
-        rootless) run_args+=(--daemon-user 65534) ;;
+        rootless)
+            # As libvirt's session mode would: the user's own id is root in the namespace,
+            # subordinate ids (newuidmap, /etc/subuid) are the guest's other users.
+            run_args+=(--daemon-user "$rootless_uid")
+            for m in uid gid; do
+                run_args+=("--daemon-arg=--$m-map=:0:$rootless_uid:1:" "--daemon-arg=--$m-map=:1:$rootless_sub:65536:")
+            done
+            ;;
         chroot) run_args+=(--daemon-arg=--sandbox=chroot) ;;
         sbnone) run_args+=(--daemon-arg=--sandbox=none) ;;
     esac

@@ -12,7 +12,8 @@
 #   --daemon-arg ARG     extra daemon argument (repeatable)
 #   --daemon-user UID    run the daemon as this unprivileged uid (rootless: its
 #                        gid is the same number); the share and socket dir are
-#                        given to it
+#                        given to it, and QEMU runs as that user too (as in
+#                        libvirt's session mode)
 #   --device fs|dax      fs:  vhost-user-fs-pci (no DAX window)
 #                        dax: vhost-user-test-device-pci, virtio-id=26, which
 #                             asks the backend for its shared memory (DAX)
@@ -253,6 +254,7 @@ if [[ -n $daemon_user ]]; then
     chmod 0755 "$work"
     daemon_cmd=(setpriv --reuid="$daemon_user" --regid="$daemon_user" --clear-groups
         "${daemon_cmd[@]}")
+    export QEMU_USERSPEC=$daemon_user:$daemon_user
 fi
 log "daemon: ${daemon_cmd[*]}"
 # setsid: its own process group, so everything it forks is ended with it.
@@ -309,7 +311,7 @@ qemu_launch=(setsid unshare --mount --propagation private -- bash -c '
     mount --rbind /dev "$tree/dev"
     mount -t proc proc "$tree/proc"
     mount --rbind /sys "$tree/sys"
-    exec chroot "$tree" "$@"' qemu-launch "$tree" qemu-system-x86_64 "${qemu_args[@]}")
+    exec chroot ${QEMU_USERSPEC:+--userspec="$QEMU_USERSPEC"} "$tree" "$@"' qemu-launch "$tree" qemu-system-x86_64 "${qemu_args[@]}")
 
 if ((interactive)); then
     "${qemu_launch[@]}"

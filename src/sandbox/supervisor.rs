@@ -126,6 +126,8 @@ pub(super) fn report(status: libc::c_int) -> u8 {
                 "the daemon made a syscall off the seccomp allowlist and was killed (the kernel's audit log has its number; --seccomp log lets it through and logs it)"
             );
         }
+        // What the operator (or the supervisor, passing it on) sent: an ordinary end.
+        Some(libc::SIGTERM | libc::SIGINT | libc::SIGHUP | libc::SIGKILL) => {}
         Some(sig) => log::error!("the daemon was killed by signal {sig}"),
         None => {}
     }

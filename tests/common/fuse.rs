@@ -415,6 +415,15 @@ impl Client {
         self.call(op, node, &[&bytes_of(&l)], 24)
     }
 
+    /// Sends a SETLKW without waiting for its reply (it may block on another owner's lock);
+    /// returns the ticket and the request's unique.
+    pub fn submit_setlkw(&self, node: u64, fh: u64, owner: u64, lk: FileLock) -> (super::vmm::Ticket, u64) {
+        let body = LkIn { fh, owner, lk, lk_flags: 0, padding: 0 };
+        let hdr = self.header(Opcode::Setlkw as u32, node, size_of::<LkIn>());
+        let descs = [Desc::Read(hdr.as_bytes()), Desc::Read(body.as_bytes()), Desc::Write(16)];
+        (self.vmm.submit(REQ_Q, &descs).unwrap(), hdr.unique)
+    }
+
     pub fn access(&self, node: u64, mask: u32) -> Result<(), Errno> {
         self.call(Opcode::Access, node, &[&bytes_of(&AccessIn { mask, padding: 0 })], 0).map(drop)
     }
