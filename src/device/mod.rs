@@ -18,14 +18,14 @@ use vhost_user_backend::{VhostUserBackend, VringMutex, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{DescriptorChain, QueueOwnedT};
-use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier};
 
 use crate::dax::Dax;
 use crate::fs::Filesystem;
 use crate::fuse::Server;
-use crate::fuse::abi::Opcode;
+use crate::fuse::abi::{InHeader, Opcode};
 use crate::fuse::chain::{GuestMem, Reader, Writer};
 use crate::log_limit::{info_limited, warn_limited};
 use inflight::{Inflight, Refused};
@@ -199,13 +199,20 @@ impl<F: Filesystem + 'static> FsDevice<F> {
             }
             return;
         }
-        let blocking = peek_opcode(&chain) == Some(Opcode::Setlkw as u32);
+        let blocking = peek_opcode(&mem, &chain) == Some(Opcode::Setlkw as u32);
         // SETLKW may wait forever for another owner: never let it hold a pool worker. Past
         // MAX_LOCK_WAITERS it is answered ENOLCK at once, so a guest cannot wedge the pool.
         let refuse = blocking && !self.reserve_lock_waiter();
+        // Only a lock-waiter thread may run a SETLKW: the guest can rewrite the opcode after
+        // this peek, and a SETLKW that reaches a pool worker anyway is answered ENOLCK there.
+        let run = match (blocking, refuse) {
+            (true, true) => RunOn::Refused(libc::ENOLCK),
+            (true, false) => RunOn::LockWaiter,
+            (false, _) => RunOn::Pool,
+        };
         let server = Arc::clone(&self.server);
         let job: pool::Job = Box::new(move || {
-            complete(&server, &vring, &mem, &inflight, chain, refuse.then_some(libc::ENOLCK));
+            complete(&server, &vring, &mem, &inflight, chain, run);
             inflight.finished();
         });
         let job = if blocking && !refuse { self.spawn_lock_waiter(job) } else { Some(job) };
@@ -247,13 +254,22 @@ impl<F: Filesystem + 'static> FsDevice<F> {
     }
 }
 
-/// The opcode of a chain's request, read from its first descriptor without consuming it.
-fn peek_opcode(chain: &Chain) -> Option<u32> {
-    let first = chain.clone().next()?;
-    if first.is_write_only() || first.len() < 8 {
-        return None;
-    }
-    chain.memory().read_obj::<u32>(vm_memory::GuestAddress(first.addr().0.checked_add(4)?)).ok()
+/// Where a claimed chain runs.
+#[derive(Clone, Copy)]
+enum RunOn {
+    /// A pool worker: nothing there may wait on the guest's locks.
+    Pool,
+    /// A lock-waiter thread of its own (a SETLKW).
+    LockWaiter,
+    /// Nowhere: answered with this errno at once.
+    Refused(i32),
+}
+
+/// The opcode of a chain's request, read without consuming the chain. Through a `Reader`, as
+/// the request itself will be: the guest may split the in-header across descriptors.
+fn peek_opcode(mem: &GuestMem, chain: &Chain) -> Option<u32> {
+    let mut r = Reader::new(mem, chain.clone()).ok()?;
+    r.read_obj::<InHeader>().ok().map(|h| h.opcode)
 }
 
 /// Runs one request and puts its chain in the used ring, signalling the guest if it wants.
@@ -263,13 +279,14 @@ fn complete<F: Filesystem>(
     mem: &GuestMem,
     inflight: &Inflight,
     chain: Chain,
-    refuse: Option<i32>,
+    run: RunOn,
 ) {
     let head = chain.head_index();
     let used = match (Reader::new(mem, chain.clone()), Writer::new(mem, chain)) {
-        (Ok(mut r), Ok(mut w)) => match refuse {
-            Some(errno) => server.refuse(&mut r, &mut w, errno),
-            None => server.handle(&mut r, &mut w),
+        (Ok(mut r), Ok(mut w)) => match run {
+            RunOn::Refused(errno) => server.refuse(&mut r, &mut w, errno),
+            RunOn::Pool => server.handle(&mut r, &mut w, false),
+            RunOn::LockWaiter => server.handle(&mut r, &mut w, true),
         },
         (Err(e), _) | (_, Err(e)) => {
             warn_limited!("unusable descriptor chain {head}: {e}");

@@ -111,11 +111,18 @@ impl<F: Filesystem> Server<F> {
     }
 
     /// Serves one request; returns the number of bytes written to `w` (the used length).
-    pub fn handle(&self, r: &mut Reader<'_>, w: &mut Writer<'_>) -> usize {
+    /// `may_block` is false on a pool worker: a SETLKW there (the device sends those to
+    /// lock-waiter threads, so the guest changed the request after the device looked) is
+    /// answered ENOLCK rather than left to wait in the worker.
+    pub fn handle(&self, r: &mut Reader<'_>, w: &mut Writer<'_>, may_block: bool) -> usize {
         let Ok(hdr) = r.read_obj::<InHeader>() else {
             warn_limited!("request without a readable header ({} bytes); returned empty", r.available());
             return 0;
         };
+        if hdr.opcode == Opcode::Setlkw as u32 && !may_block {
+            warn_limited!("SETLKW (unique {}) on a pool worker; answering ENOLCK", hdr.unique);
+            return write_reply(w, hdr.unique, -libc::ENOLCK, &[]);
+        }
         let result = self.decode_and_run(hdr, r, w);
         match result {
             Ok(Reply::None) => 0,
