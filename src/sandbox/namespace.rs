@@ -42,6 +42,10 @@ fn channels() -> Result<Channels, SandboxError> {
 fn supervise(w: Watch, mode: super::SeccompMode) -> Result<Entered, SandboxError> {
     let signals = sys::signalfd(&FORWARDED).map_err(step("signalfd"))?;
     let pidfd = sys::pidfd_open(w.child).map_err(step("pidfd_open"))?;
+    // A daemon that sends half a query must not hold the supervisor (signals, reaping) for long.
+    if let Some(m) = &w.maps {
+        m.set_read_timeout(Some(supervisor::QUERY_TIMEOUT)).map_err(step("SO_RCVTIMEO"))?;
+    }
     super::lock_down_supervisor(mode)?;
     let code = supervisor::run(w, &pidfd, &signals).map_err(step("supervising the daemon"))?;
     Ok(Entered::Exited(code))
@@ -67,7 +71,10 @@ pub(super) fn chroot(plan: &Plan<'_>) -> Result<Entered, SandboxError> {
     match sys::fork().map_err(step("fork"))? {
         sys::Forked::Parent(child) => {
             drop((ch.maps.0, ch.daemon_pid, ch.sync));
-            supervise(Watch { child, maps: Some(ch.maps.1), daemon_pid: None, scan: plan.scan }, plan.seccomp)
+            supervise(
+                Watch { child, maps: Some(ch.maps.1), daemon_pid: None, scan: plan.scan, last_full_scan: None },
+                plan.seccomp,
+            )
         }
         sys::Forked::Child => {
             tie_to_parent(i32::try_from(me).unwrap_or(0))?;
@@ -104,7 +111,13 @@ pub(super) fn namespace(plan: &Plan<'_>) -> Result<Entered, SandboxError> {
             }
             drop(sync);
             supervise(
-                Watch { child, maps: Some(ch.maps.1), daemon_pid: Some(ch.daemon_pid.1), scan: plan.scan },
+                Watch {
+                    child,
+                    maps: Some(ch.maps.1),
+                    daemon_pid: Some(ch.daemon_pid.1),
+                    scan: plan.scan,
+                    last_full_scan: None,
+                },
                 plan.seccomp,
             )
         }

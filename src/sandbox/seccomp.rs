@@ -148,6 +148,8 @@ const SUPERVISOR: &[libc::c_long] = &[
     libc::SYS_sigaltstack,
     libc::SYS_getpid,
     libc::SYS_clock_gettime,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_nanosleep,
     libc::SYS_ppoll,
     libc::SYS_openat,
     libc::SYS_close,

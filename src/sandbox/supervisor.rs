@@ -15,6 +15,12 @@ use super::{ScanFn, sys};
 /// Most pids one maps query or answer carries (the frontend and its helpers; more is a bug or
 /// an attack, and the answer is cut there).
 const MAX_PIDS: usize = 64;
+/// How long the supervisor waits for the rest of a query it has started reading.
+pub(super) const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+/// At most one scan of every process per this interval: a compromised daemon asking again and
+/// again gets slower answers, not the supervisor's whole CPU.
+const FULL_SCAN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// A pid no process has: the answer when the supervisor cannot be asked, so the caller keeps
 /// waiting (to its bound) rather than assume nothing maps the file.
 const UNKNOWN: u32 = u32::MAX;
@@ -86,6 +92,8 @@ pub(super) struct Watch {
     pub daemon_pid: Option<UnixStream>,
     /// The /proc scan.
     pub scan: ScanFn,
+    /// When the last scan of every process began.
+    pub last_full_scan: Option<std::time::Instant>,
 }
 
 /// Runs until the child exits; returns the exit code to leave with.
@@ -154,6 +162,12 @@ fn answer(w: &mut Watch, exclude: &[u32]) -> bool {
         }
         _ => return false,
     };
+    if among.is_none() {
+        if let Some(wait) = w.last_full_scan.and_then(|t| FULL_SCAN_INTERVAL.checked_sub(t.elapsed())) {
+            std::thread::sleep(wait);
+        }
+        w.last_full_scan = Some(std::time::Instant::now());
+    }
     let found = (w.scan)(dev, ino, among.as_deref(), exclude);
     write_pids(sock, &found).is_ok()
 }
