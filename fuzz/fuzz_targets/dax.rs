@@ -52,7 +52,7 @@ impl Mapper for RecordingMapper {
         }
         let (start, end) = (r.start.0, r.start.0.checked_add(r.len).expect("map range overflows"));
         assert!(r.len > 0 && end <= WINDOW, "map {start:#x}+{:#x} outside the window", r.len);
-        assert!(start % PAGE == 0 && r.len % PAGE == 0, "misaligned map {start:#x}+{:#x}", r.len);
+        assert!(start.is_multiple_of(PAGE) && r.len.is_multiple_of(PAGE), "misaligned map {start:#x}+{:#x}", r.len);
         let mut p = self.pieces.lock().unwrap();
         let overlaps = p.iter().any(|(s, l)| *s < end && start < s + l);
         assert!(!overlaps, "map {start:#x}+{:#x} over an installed piece: {p:x?}", r.len);
