@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never RUSTC_BOOTSTRAP=1
 
 CARGO_FUZZ_VERSION=0.13.2
-declare -A RUNS=([decode]=50000 [dispatch]=15000 [dax]=50000)
+declare -A RUNS=([decode]=100000 [dispatch]=30000 [dax]=100000)
 targets=${FUZZ_TARGETS:-decode dispatch dax}
 
 if [[ $(cargo fuzz --version 2>/dev/null) != "cargo-fuzz $CARGO_FUZZ_VERSION" ]]; then
@@ -17,6 +17,7 @@ if [[ $(cargo fuzz --version 2>/dev/null) != "cargo-fuzz $CARGO_FUZZ_VERSION" ]]
     cargo install cargo-fuzz --version "=$CARGO_FUZZ_VERSION" --locked
 fi
 
+(cd fuzz && cargo fmt --check)
 # fuzz/Cargo.lock is committed: refuse to run with a lockfile that would have to change.
 cargo metadata --locked --format-version 1 --manifest-path fuzz/Cargo.toml > /dev/null
 echo "### cargo fuzz build (sanitizer: address)"
