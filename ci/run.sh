@@ -22,6 +22,9 @@ ci/check-structure.sh
 step "cargo test (the README's test command)"
 cargo test --locked
 
+step "fuzz: decode, dispatch, dax (cargo-fuzz on stable via RUSTC_BOOTSTRAP=1, ASan)"
+ci/fuzz.sh
+
 if [[ ${DAXFSD_SKIP_VM:-0} == 1 ]]; then
     echo "vm-tests skipped (DAXFSD_SKIP_VM=1)"
 elif [[ $(id -u) -ne 0 ]]; then

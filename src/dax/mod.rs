@@ -576,11 +576,18 @@ impl Inner {
     fn clear(&self, send: bool) {
         let mapper = if send { self.mapper().ok() } else { None };
         let mut t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = t.inodes();
         let n = t.clear(mapper.as_deref());
+        // Mappings the frontend refused to unmap stay in the table: keep their leases and state.
+        let kept = t.inodes();
         drop(t);
-        self.leases.release_all();
+        if kept.is_empty() {
+            self.leases.release_all();
+        } else {
+            before.into_iter().filter(|i| !kept.contains(i)).for_each(|i| self.leases.release(i));
+        }
         if let Ok(mut m) = self.inodes.lock() {
-            m.clear();
+            m.retain(|i, _| kept.contains(i));
         }
         if n > 0 {
             info_limited!("DAX window cleared ({n} mappings)");

@@ -5,6 +5,8 @@ pub mod abi;
 pub mod chain;
 mod convert;
 mod dispatch;
+#[doc(hidden)]
+pub mod fuzzing;
 mod ops;
 pub mod request;
 pub mod server;
