@@ -21,6 +21,8 @@ impl Passthrough {
     {
         self.check_writable()?;
         check_name(name)?;
+        // A node the guest could not look up afterwards is not made at all.
+        self.inode_quota.check()?;
         let parent = self.inode(parent)?;
         {
             let _creds = ScopedCreds::switch(ctx)?;
@@ -102,6 +104,7 @@ impl Passthrough {
         if let Some(name) = name {
             check_name(name)?;
         }
+        self.inode_quota.check()?;
         let parent_inode = self.inode(parent)?;
         let guest = i32::from_ne_bytes(p.flags.to_ne_bytes());
         let mut flags = self.host_open_flags(p.flags) | libc::O_NOFOLLOW;
@@ -196,7 +199,7 @@ impl Passthrough {
         let path_fd = sys::openat(self.proc_fd.as_fd(), &name, libc::O_PATH, 0)?;
         let (attr, mnt_id) = sys::statx(path_fd.as_fd())?;
         let key = InodeKey { dev: attr.dev, ino: attr.ino, mnt_id };
-        let nodeid = self.inodes.lookup_or_insert(key, attr.mode & libc::S_IFMT, path_fd)?;
+        let nodeid = self.inodes.lookup_or_insert(key, attr.mode & libc::S_IFMT, path_fd, &self.inode_quota)?;
         Ok(self.entry(nodeid, self.decorate(attr, mnt_id, None)))
     }
 }

@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use super::quota::FdPermit;
+use super::quota::{FdPermit, FdQuota};
 use crate::fs::{NodeId, ROOT_ID};
 
 /// What identifies a host inode across lookups.
@@ -54,6 +54,8 @@ pub struct Inode {
     pub lock_owners: Mutex<HashMap<u64, LockOwner>>,
     /// The one open file DAX uses for this inode (mappings, guest handles, lease).
     pub dax_file: Mutex<Option<DaxFile>>,
+    /// The O_PATH fd's share of the guest's fd quota (None for the root, which is ours).
+    _permit: Option<FdPermit>,
 }
 
 impl Inode {
@@ -114,6 +116,7 @@ impl InodeTable {
             refs: AtomicU64::new(2),
             lock_owners: Mutex::default(),
             dax_file: Mutex::default(),
+            _permit: None,
         };
         t.by_id.insert(ROOT_ID, Arc::new(root));
         t.by_key.insert(key, ROOT_ID);
@@ -121,7 +124,8 @@ impl InodeTable {
     }
 
     /// Adds one lookup of the inode `key`, inserting it with `fd` if new. Returns its node id.
-    pub fn lookup_or_insert(&self, key: InodeKey, file_type: u32, fd: OwnedFd) -> io::Result<NodeId> {
+    /// A new inode keeps its fd against `quota` (EMFILE past it, and `fd` is closed).
+    pub fn lookup_or_insert(&self, key: InodeKey, file_type: u32, fd: OwnedFd, quota: &FdQuota) -> io::Result<NodeId> {
         let mut t = self.tables.write().map_err(|_| stale())?;
         if let Some(id) = t.by_key.get(&key).copied()
             && let Some(inode) = t.by_id.get(&id)
@@ -129,6 +133,7 @@ impl InodeTable {
             inode.refs.fetch_add(1, Ordering::Relaxed);
             return Ok(id);
         }
+        let permit = quota.acquire()?;
         let nodeid = NodeId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let inode = Inode {
             fd,
@@ -138,6 +143,7 @@ impl InodeTable {
             refs: AtomicU64::new(1),
             lock_owners: Mutex::default(),
             dax_file: Mutex::default(),
+            _permit: Some(permit),
         };
         t.by_id.insert(nodeid, Arc::new(inode));
         t.by_key.insert(key, nodeid);

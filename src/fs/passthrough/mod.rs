@@ -92,6 +92,8 @@ pub struct Passthrough {
     handles: HandleTable,
     /// Host fds the guest may keep open (EMFILE past it).
     quota: FdQuota,
+    /// The guest's quota of inodes (each holds an O_PATH fd until its last FORGET).
+    inode_quota: FdQuota,
     /// Mixed into every entry's generation, so node ids reused by a restarted daemon differ.
     generation: u64,
     /// Writeback cache negotiated in this session.
@@ -125,11 +127,13 @@ impl Passthrough {
             Some(fd) => fd.try_clone()?,
             None => sys::openat(cwd, c"/proc/self/fd", libc::O_PATH | libc::O_DIRECTORY, 0)?,
         };
-        let quota = FdQuota::new(match cfg.guest_fd_quota {
-            0 => FdQuota::default_limit(sys::nofile_limit().map_or(1024, |(soft, _)| soft)),
-            n => n,
-        });
-        log::info!("guest fd quota: {} host fds", quota.limit());
+        let (quota, inode_quota) =
+            FdQuota::split(sys::nofile_limit().map_or(1024, |(soft, _)| soft), cfg.guest_fd_quota);
+        log::info!(
+            "guest fd quotas: {} open files, {} inodes (host fds; RLIMIT_NOFILE keeps the rest for the daemon)",
+            quota.limit(),
+            inode_quota.limit()
+        );
         let generation = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(1).max(1);
         let fs = Passthrough {
             cfg,
@@ -138,6 +142,7 @@ impl Passthrough {
             inodes: InodeTable::new(),
             handles: HandleTable::new(),
             quota,
+            inode_quota,
             generation,
             writeback: AtomicBool::new(false),
             posix_acl: AtomicBool::new(false),
@@ -210,7 +215,7 @@ impl Passthrough {
         let fd = sys::openat_beneath(parent.path_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         let (attr, mnt_id) = sys::statx(fd.as_fd())?;
         let key = InodeKey { dev: attr.dev, ino: attr.ino, mnt_id };
-        let nodeid = self.inodes.lookup_or_insert(key, attr.mode & libc::S_IFMT, fd)?;
+        let nodeid = self.inodes.lookup_or_insert(key, attr.mode & libc::S_IFMT, fd, &self.inode_quota)?;
         // A file mapped through DAX may have been padded at that instant: stat it again, stably.
         let attr = match self.dax_session().map(|_| self.inode(nodeid)) {
             Some(Ok(inode)) if inode.dax_file.lock().is_ok_and(|f| f.is_some()) => self.dax_stat(&inode)?.0,

@@ -1,7 +1,8 @@
 //! The guest's quota of host fds. Every fd the daemon keeps open for the guest beyond one
-//! request (an open handle, a lock owner's open file description, a DAX shared file) holds an
-//! `FdPermit`, given back when it drops. Past the quota, only the ops that would keep a new fd
-//! answer EMFILE, so the daemon's own fds (inodes' O_PATH fds, sockets) never run out.
+//! request (an inode's O_PATH fd, an open handle, a lock owner's open file description, a DAX
+//! shared file) holds an `FdPermit`, given back when it drops. Past the quota, only the ops
+//! that would keep a new fd answer EMFILE, so the daemon's own fds (sockets, guest memory,
+//! a reconnecting frontend's) never run out.
 
 use std::io;
 use std::sync::Arc;
@@ -40,11 +41,28 @@ impl FdQuota {
     }
 
     /// The default for a soft RLIMIT_NOFILE of `nofile`: a quarter of it, and at least
-    /// `MIN_RESERVE`, stays with the daemon (its own fds, one O_PATH fd per inode the guest
-    /// knows); the guest gets the rest, and never less than `MIN_QUOTA`.
+    /// `MIN_RESERVE`, stays with the daemon (its own fds, per-request fds); the guest gets the
+    /// rest, and never less than `MIN_QUOTA`.
     pub fn default_limit(nofile: u64) -> usize {
         let reserve = (nofile / 4).max(MIN_RESERVE);
         usize::try_from(nofile.saturating_sub(reserve)).unwrap_or(usize::MAX).max(MIN_QUOTA)
+    }
+
+    /// The open-file and inode quotas for a soft RLIMIT_NOFILE of `nofile`: what
+    /// `default_limit` leaves the guest, halved between them; `handles` (when not 0) sets the
+    /// open-file one and the inodes get the rest.
+    pub fn split(nofile: u64, handles: usize) -> (FdQuota, FdQuota) {
+        let total = Self::default_limit(nofile);
+        let h = if handles == 0 { total / 2 } else { handles };
+        (FdQuota::new(h.max(MIN_QUOTA)), FdQuota::new(total.saturating_sub(h).max(MIN_QUOTA)))
+    }
+
+    /// EMFILE when the quota is used up (for an op about to create what would need a permit).
+    pub fn check(&self) -> io::Result<()> {
+        if self.counter.held.load(Ordering::Acquire) >= self.counter.limit {
+            return Err(io::Error::from_raw_os_error(libc::EMFILE));
+        }
+        Ok(())
     }
 
     /// The quota.
@@ -59,7 +77,10 @@ impl FdQuota {
         if taken.is_err() {
             let n = c.refused.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
             if n.is_power_of_two() {
-                warn!("guest holds its quota of {} host fds: refusing with EMFILE ({n} times so far)", c.limit);
+                warn!(
+                    "guest holds its quota of {} host fds of one kind: refusing with EMFILE ({n} times so far)",
+                    c.limit
+                );
             }
             return Err(io::Error::from_raw_os_error(libc::EMFILE));
         }
