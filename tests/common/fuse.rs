@@ -130,6 +130,11 @@ impl Drop for Daemon {
     }
 }
 
+/// The out-header's error field of a raw reply (0 or a negative errno).
+pub fn reply_errno(r: &Reply) -> i32 {
+    i32::from_ne_bytes(r.written()[4..8].try_into().unwrap())
+}
+
 /// A FUSE session over one vhost-user connection.
 pub struct Client {
     pub vmm: Vmm,
