@@ -301,6 +301,7 @@ fn run() -> Result<u8, StartupError> {
     sandbox::lock_down(c.caps, c.seccomp)?;
     let dax = make_dax(&o, confined.maps.take())?;
     let root = confined.root.clone();
+    let rootless = confined.rootless;
     let fs = Passthrough::new(fs_config(&o, confined, dax.clone())).map_err(|e| StartupError::SharedDir(root, e))?;
     let cfg = DeviceConfig {
         tag: o.tag.clone(),
@@ -308,8 +309,10 @@ fn run() -> Result<u8, StartupError> {
         queue_size: usize::from(o.queue_size),
         thread_pool_size: threads,
     };
+    // A rootless daemon's supervisor sees only its own user's processes (I5).
+    let watch = rootless.then(|| dax.clone()).flatten();
     let device = Arc::new(FsDevice::new(cfg, Server::new(fs), dax).map_err(|e| StartupError::Device(e.to_string()))?);
-    serve(&device, &mut listener, o.once)?;
+    serve(&device, &mut listener, o.once, watch.as_deref())?;
     Ok(0)
 }
 
@@ -321,8 +324,14 @@ fn check_dir(p: &Path) -> Result<(), StartupError> {
     }
 }
 
-/// Serves one frontend after another (or just one with --once).
-fn serve(device: &Arc<FsDevice<Passthrough>>, listener: &mut Listener, once: bool) -> Result<(), StartupError> {
+/// Serves one frontend after another (or just one with --once). With `watch`, a frontend of
+/// another user than the daemon gets no DAX (its mappings could not be watched, I5).
+fn serve(
+    device: &Arc<FsDevice<Passthrough>>,
+    listener: &mut Listener,
+    once: bool,
+    watch: Option<&Dax>,
+) -> Result<(), StartupError> {
     loop {
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let mut daemon = VhostUserDaemon::new("daxfsd".into(), Arc::clone(device), mem)
@@ -332,6 +341,15 @@ fn serve(device: &Arc<FsDevice<Passthrough>>, listener: &mut Listener, once: boo
             return Err(StartupError::Device(e.to_string()));
         }
         info!("frontend connected");
+        if let Some(dax) = watch
+            && sandbox::frontend_is_other_user()
+        {
+            warn!(
+                "DAX off for this frontend: it runs as another user than this rootless daemon, whose \
+                 supervisor cannot see its mappings (I5); run the VMM as the daemon's user"
+            );
+            dax.refuse_unwatched_frontend();
+        }
         match daemon.wait() {
             Ok(()) => {}
             Err(e) => info!("frontend session ended: {e}"),

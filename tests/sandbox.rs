@@ -143,3 +143,23 @@ fn protection_that_cannot_be_given_fails_the_start() {
         assert!(err.contains("daxfsd:"), "{extra:?}: {err}");
     }
 }
+
+#[test]
+fn rootless_daemon_runs_in_a_user_namespace_and_refuses_dax_to_another_users_frontend() {
+    if !is_root() {
+        eprintln!("skipped: the test starts the daemon as uid 65534");
+        return;
+    }
+    let d = Daemon::start_as(65534, &["--dax-window", "64M"]);
+    // This test (root) is the frontend: another user than the daemon.
+    let c = Client::connect_dax(&d.socket, 1, false);
+    let pid = d.serving_pid();
+    let map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
+    assert_eq!(map.split_whitespace().collect::<Vec<_>>(), ["0", "65534", "1"], "uid_map {map:?}");
+    assert_locked_down(pid);
+    let (e, _fh) = c.create(1, "f", libc::O_RDWR | libc::O_CREAT, 0o644).unwrap();
+    let err = c.setupmapping(e.nodeid, 0, 2 << 20, daxfsd::fuse::abi::FUSE_SETUPMAPPING_FLAG_READ, 0).unwrap_err();
+    assert_eq!(err, libc::EIO, "DAX for a frontend whose mappings the daemon cannot watch");
+    d.wait_for_log("DAX off for this frontend");
+    c.getattr(e.nodeid).unwrap();
+}

@@ -73,6 +73,10 @@ pub enum DaxError {
     /// known to be in place before its reply (I1).
     #[error("the frontend does not acknowledge window changes (REPLY_ACK not negotiated?)")]
     NoReplyAck,
+    /// The frontend runs as a user whose mappings the daemon cannot watch (a rootless daemon
+    /// serving another user's VMM), so I5 could not wait for them to go.
+    #[error("the frontend's mappings cannot be watched (it runs as another user)")]
+    Unwatched,
     /// A host operation failed.
     #[error("host: {0}")]
     Host(io::Error),
@@ -84,7 +88,11 @@ impl DaxError {
     pub fn errno(&self) -> i32 {
         match self {
             DaxError::OutsideWindow { .. } | DaxError::Overflow { .. } | DaxError::BadFlags(_) => libc::EINVAL,
-            DaxError::NoWindow | DaxError::Frontend(_) | DaxError::Unprotected(_) | DaxError::NoReplyAck => libc::EIO,
+            DaxError::NoWindow
+            | DaxError::Frontend(_)
+            | DaxError::Unprotected(_)
+            | DaxError::NoReplyAck
+            | DaxError::Unwatched => libc::EIO,
             DaxError::Host(e) => match e.raw_os_error() {
                 Some(libc::EAGAIN | libc::ENOMEM) | None => libc::EIO,
                 Some(n) => n,
@@ -143,6 +151,8 @@ struct Inner {
     acks: AtomicU8,
     /// Who answers "does another process still map this file?" (I5); None: scan /proc here.
     mapped_elsewhere: RwLock<Option<MappedElsewhere>>,
+    /// False while this connection's frontend cannot be watched: no DAX for it.
+    watched: std::sync::atomic::AtomicBool,
 }
 
 /// The processes other than the daemon that map file (dev, ino), among the given pids or all
@@ -186,6 +196,7 @@ impl Dax {
             probe: std::sync::atomic::AtomicBool::new(false),
             acks: AtomicU8::new(ACKS_UNKNOWN),
             mapped_elsewhere: RwLock::new(None),
+            watched: std::sync::atomic::AtomicBool::new(true),
         });
         inner.leases.start()?;
         Ok(Dax { inner })
@@ -233,6 +244,18 @@ impl Dax {
             m.take();
         }
         self.inner.clear(false);
+        self.inner.watched.store(true, Ordering::Release);
+    }
+
+    /// This connection's frontend cannot be watched (I5's wait would be blind): every
+    /// SETUPMAPPING answers EIO and no file is offered as DAX, until the frontend goes.
+    pub fn refuse_unwatched_frontend(&self) {
+        self.inner.watched.store(false, Ordering::Release);
+    }
+
+    /// Whether DAX may be offered to this connection's frontend.
+    pub fn is_watched(&self) -> bool {
+        self.inner.watched.load(Ordering::Acquire)
     }
 
     /// A device reset: the frontend dropped its mappings; forget ours without sending anything.
@@ -463,6 +486,9 @@ impl Inner {
     /// of a connection unmaps a page nothing covers: a frontend that acknowledges refuses it
     /// (QEMU 11.1 does, DESIGN.md §3); success means no acknowledgements, and no DAX.
     fn confirm_acks(&self, mapper: &dyn Mapper) -> Result<(), DaxError> {
+        if !self.watched.load(Ordering::Acquire) {
+            return Err(DaxError::Unwatched);
+        }
         let t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match self.acks.load(Ordering::Acquire) {
             ACKS_CONFIRMED => return Ok(()),

@@ -64,6 +64,8 @@ pub struct Confined {
     pub proc_self_fd: Option<OwnedFd>,
     /// The maps channel to the supervisor (None without a supervisor: scan /proc directly).
     pub maps: Option<MapsClient>,
+    /// In a user namespace of its own (started as non-root).
+    pub rootless: bool,
 }
 
 /// Why the sandbox could not be set up; each says what the operator can do.
@@ -101,11 +103,24 @@ pub fn enter(plan: &Plan<'_>) -> Result<Entered, SandboxError> {
                 return Err(SandboxError::MapsAsRoot);
             }
             info!("sandbox: none (--sandbox none): the daemon sees the whole host");
-            Ok(Entered::Daemon(Confined { root: plan.shared_dir.to_path_buf(), proc_self_fd: None, maps: None }))
+            let root = plan.shared_dir.to_path_buf();
+            Ok(Entered::Daemon(Confined { root, proc_self_fd: None, maps: None, rootless: false }))
         }
         Mode::Chroot => namespace::chroot(plan),
         Mode::Namespace => namespace::namespace(plan),
     }
+}
+
+/// Highest fd number `frontend_is_other_user` looks at: the connection is accepted as the
+/// lowest free number, which a session's inode fds have given back by the next connection.
+const MAX_SCANNED_FD: libc::c_int = 4096;
+
+/// Whether a connected socket of this process has a peer of another user than the daemon:
+/// after a rootless daemon accepted its frontend, whether that frontend runs as someone else
+/// (whose /proc/PID/maps the supervisor cannot read, so I5 could not watch its mappings).
+pub fn frontend_is_other_user() -> bool {
+    let me = sys::geteuid();
+    (0..MAX_SCANNED_FD).filter_map(sys::peer_uid).any(|uid| uid != me)
 }
 
 /// The daemon's last step before it builds anything: keep only `keep` of its capabilities,

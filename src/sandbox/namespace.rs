@@ -85,13 +85,13 @@ pub(super) fn chroot(plan: &Plan<'_>) -> Result<Entered, SandboxError> {
             sys::chdir(c"/").map_err(step("chdir /"))?;
             sys::clear_groups().map_err(step("setgroups"))?;
             info!("sandbox: chroot into {}", plan.shared_dir.display());
-            Ok(Entered::Daemon(confined(proc_self_fd, ch.maps.0)))
+            Ok(Entered::Daemon(confined(proc_self_fd, ch.maps.0, false)))
         }
     }
 }
 
-fn confined(proc_self_fd: OwnedFd, maps: UnixStream) -> Confined {
-    Confined { root: "/".into(), proc_self_fd: Some(proc_self_fd), maps: Some(MapsClient::new(maps)) }
+fn confined(proc_self_fd: OwnedFd, maps: UnixStream, rootless: bool) -> Confined {
+    Confined { root: "/".into(), proc_self_fd: Some(proc_self_fd), maps: Some(MapsClient::new(maps)), rootless }
 }
 
 /// namespace mode: supervisor -> init waiter (new pid namespace, and a user namespace when not
@@ -174,7 +174,7 @@ fn init_waiter(
             }
             let user = if userns { "user, " } else { "" };
             info!("sandbox: new {user}pid, mount, net and IPC namespaces; root = {}", shown.display());
-            Ok(Entered::Daemon(confined(proc_self_fd, maps)))
+            Ok(Entered::Daemon(confined(proc_self_fd, maps, userns)))
         }
     }
 }

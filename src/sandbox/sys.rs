@@ -204,6 +204,18 @@ pub fn getppid() -> libc::pid_t {
     unsafe { libc::getppid() }
 }
 
+/// The uid (as this process's user namespace sees it) of the peer of socket `fd`, by fd
+/// number; None if `fd` is not an open socket with a peer.
+pub fn peer_uid(fd: libc::c_int) -> Option<u32> {
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = libc::socklen_t::try_from(size_of::<libc::ucred>()).unwrap_or(0);
+    // SAFETY: `cred` and `len` are writable and sized for SO_PEERCRED; an fd number that is not
+    // an open socket only makes the call fail (EBADF, ENOTSOCK), it touches no memory of ours.
+    let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, (&raw mut cred).cast(), &raw mut len) };
+    // No peer: the kernel reports uid -1.
+    (r == 0 && cred.uid != u32::MAX).then_some(cred.uid)
+}
+
 /// kill(2).
 pub fn kill(pid: libc::pid_t, sig: libc::c_int) -> io::Result<()> {
     // SAFETY: integer arguments only.

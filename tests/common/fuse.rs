@@ -38,10 +38,30 @@ impl Daemon {
 
     /// Starts daxfsd on an existing directory.
     pub fn start_in(share: tempfile::TempDir, extra: &[&str]) -> Daemon {
+        Self::spawn(share, extra, None)
+    }
+
+    /// Starts daxfsd as the unprivileged user `uid` (gid the same number), rootless: the share
+    /// and the socket's directory are given to that user first.
+    pub fn start_as(uid: u32, extra: &[&str]) -> Daemon {
+        let share = tempfile::tempdir().unwrap();
+        std::os::unix::fs::chown(share.path(), Some(uid), Some(uid)).unwrap();
+        Self::spawn(share, extra, Some(uid))
+    }
+
+    fn spawn(share: tempfile::TempDir, extra: &[&str], uid: Option<u32>) -> Daemon {
+        use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().unwrap();
+        if let Some(uid) = uid {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(uid)).unwrap();
+        }
         let socket = dir.path().join("vfs.sock");
         let log = dir.path().join("daemon.log");
-        let child = Command::new(option_env!("CARGO_BIN_EXE_daxfsd").unwrap_or("target/debug/daxfsd"))
+        let mut cmd = Command::new(option_env!("CARGO_BIN_EXE_daxfsd").unwrap_or("target/debug/daxfsd"));
+        if let Some(uid) = uid {
+            cmd.uid(uid).gid(uid);
+        }
+        let child = cmd
             .arg("--shared-dir")
             .arg(share.path())
             .arg("--socket-path")

@@ -44,6 +44,7 @@ impl Passthrough {
     pub(super) fn wants_attr_dax(&self, mode: u32, uid: u32) -> bool {
         if mode & libc::S_IFMT != libc::S_IFREG
             || DaxMode::from_u8(self.dax_mode.load(Ordering::Relaxed)) != DaxMode::Inode
+            || !self.cfg.dax.as_ref().is_some_and(|d| d.is_watched())
         {
             return false;
         }
