@@ -33,6 +33,8 @@ fn trace() -> bool {
 fn default_config(tree: &Tree) -> Config {
     Config {
         root: tree.root().to_path_buf(),
+        proc_self_fd: None,
+        guest_fd_quota: 0,
         dax: None,
         dax_files: DaxFiles::Leasable,
         cache: CachePolicy::Auto,
