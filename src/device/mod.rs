@@ -18,7 +18,7 @@ use vhost_user_backend::{VhostUserBackend, VringMutex, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{DescriptorChain, QueueOwnedT};
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
+use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier};
 
@@ -265,9 +265,16 @@ enum RunOn {
     Refused(i32),
 }
 
-/// The opcode of a chain's request, read without consuming the chain. Through a `Reader`, as
-/// the request itself will be: the guest may split the in-header across descriptors.
+/// The opcode of a chain's request, read without consuming the chain. Usually straight from
+/// the first descriptor (no walk of the chain on the hot path); when that descriptor is too
+/// short to hold it, through a `Reader`, as the request itself will be read: the guest may split
+/// the in-header across descriptors.
 fn peek_opcode(mem: &GuestMem, chain: &Chain) -> Option<u32> {
+    let first = chain.clone().next()?;
+    if !first.is_write_only() && first.len() >= 8 {
+        let at = vm_memory::GuestAddress(first.addr().0.checked_add(4)?);
+        return chain.memory().read_obj::<u32>(at).ok();
+    }
     let mut r = Reader::new(mem, chain.clone()).ok()?;
     r.read_obj::<InHeader>().ok().map(|h| h.opcode)
 }
