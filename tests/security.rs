@@ -271,16 +271,29 @@ fn setlk_with_fresh_owners_hits_the_quota_and_namespace_ops_still_work() {
         .unwrap_or_else(|e| panic!("SETLK after the owners were flushed: errno {e}"));
 }
 
+/// A daemon with two pool workers and a file whose write lock owner 1 holds: (daemon, client,
+/// node, handle).
+fn two_workers_and_a_held_lock() -> (Daemon, Client, u64, u64) {
+    let d = Daemon::start(&["--thread-pool-size", "2"]);
+    let c = d.client();
+    let n = c.make_file("f", b"data");
+    let fh = c.open(n, libc::O_RDWR).unwrap();
+    c.lk(Opcode::Setlk, n, fh, 1, lock(0, 0, libc::F_WRLCK), false).unwrap();
+    (d, c, n, fh)
+}
+
+/// Owner 1's unlock, which must get through whatever SETLKWs wait behind it.
+fn unlock_behind_the_waiters(c: &Client, n: u64, fh: u64) {
+    c.lk(Opcode::Setlk, n, fh, 1, lock(0, 0, libc::F_UNLCK), false)
+        .unwrap_or_else(|e| panic!("the holder's unlock behind the waiters: errno {e}"));
+}
+
 /// Past the device's 64 lock-waiter threads a SETLKW used to run on a pool worker and wait
 /// there, so enough of them on a held lock wedged the pool (the holder's unlock included). Now
 /// the ones past the cap are answered ENOLCK at once.
 #[test]
 fn setlkw_flood_on_a_held_lock_never_blocks_the_workers() {
-    let mut d = Daemon::start(&["--thread-pool-size", "2"]);
-    let c = d.client();
-    let n = c.make_file("f", b"data");
-    let fh = c.open(n, libc::O_RDWR).unwrap();
-    c.lk(Opcode::Setlk, n, fh, 1, lock(0, 0, libc::F_WRLCK), false).unwrap();
+    let (mut d, c, n, fh) = two_workers_and_a_held_lock();
     // More waiters than the daemon has lock-waiter threads: the rest must not wait in a worker.
     let mut waiting = Vec::new();
     for owner in 2..100u64 {
@@ -290,8 +303,7 @@ fn setlkw_flood_on_a_held_lock_never_blocks_the_workers() {
         waiting.push(c.vmm.submit_indirect(REQ_Q, &descs).unwrap());
     }
     still_serving(&mut d, &c);
-    c.lk(Opcode::Setlk, n, fh, 1, lock(0, 0, libc::F_UNLCK), false)
-        .unwrap_or_else(|e| panic!("the holder's unlock behind the waiters: errno {e}"));
+    unlock_behind_the_waiters(&c, n, fh);
     // The ones past the 64 waiter threads were refused, not queued.
     for t in waiting.split_off(64) {
         assert_eq!(reply_errno(&c.vmm.wait(t).unwrap()), -libc::ENOLCK);
@@ -347,11 +359,7 @@ fn lookup_flood_hits_the_inode_quota_and_the_daemon_keeps_its_fds() {
 /// workers wedged the pool, and every queue stopped answering.
 #[test]
 fn setlkw_with_a_split_header_never_blocks_the_workers() {
-    let mut d = Daemon::start(&["--thread-pool-size", "2"]);
-    let c = d.client();
-    let n = c.make_file("f", b"data");
-    let fh = c.open(n, libc::O_RDWR).unwrap();
-    c.lk(Opcode::Setlk, n, fh, 1, lock(0, 0, libc::F_WRLCK), false).unwrap();
+    let (mut d, c, n, fh) = two_workers_and_a_held_lock();
     let mut waiting = Vec::new();
     for owner in 2..6u64 {
         // Read locks: once the holder unlocks, every waiter gets one.
@@ -363,8 +371,7 @@ fn setlkw_with_a_split_header_never_blocks_the_workers() {
     }
     // The chains are popped in order: a waiter on a pool worker would hold up this GETATTR.
     still_serving(&mut d, &c);
-    c.lk(Opcode::Setlk, n, fh, 1, lock(0, 0, libc::F_UNLCK), false)
-        .unwrap_or_else(|e| panic!("the holder's unlock behind the waiters: errno {e}"));
+    unlock_behind_the_waiters(&c, n, fh);
     for t in waiting {
         assert_eq!(
             reply_errno(&c.vmm.wait(t).unwrap()),
