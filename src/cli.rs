@@ -152,9 +152,15 @@ pub struct Options {
     pub gid_map: Vec<String>,
     /// Size of the DAX window (shm region 0): a power of two, a multiple of 2 MiB, with an
     /// optional K/M/G suffix; 0 disables DAX. Needs a frontend with SHMEM (QEMU >= 11.1's
-    /// vhost-user-test-device-pci); others get plain virtio-fs.
-    #[arg(long, default_value = "1G")]
+    /// vhost-user-test-device-pci); others get plain virtio-fs. At most 512M with the default
+    /// --dax-reserved-mem-slots: QEMU makes every mapped 2 MiB slot one of its at most 509
+    /// vhost memory slots.
+    #[arg(long, default_value = "512M")]
     pub dax_window: String,
+    /// Vhost memory slots of the frontend the DAX window leaves free (for memory hotplug and
+    /// virtio-mem); the window's pieces and guest RAM share the rest.
+    #[arg(long, default_value_t = 16)]
+    pub dax_reserved_mem_slots: usize,
     /// Which files get per-inode DAX under `-o dax=inode`.
     #[arg(long, value_enum, default_value_t = DaxFiles::Leasable)]
     pub dax_files: DaxFiles,

@@ -12,7 +12,7 @@ use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use daxfsd::cli::{self, Cache, InodeFileHandles, LogLevel, Options};
-use daxfsd::dax::{Dax, LeasePolicy};
+use daxfsd::dax::{self, Dax, LeasePolicy};
 use daxfsd::device::{DeviceConfig, FsDevice, MAX_TAG_LEN};
 use daxfsd::fs::passthrough::{CachePolicy, Config, DaxFiles, Passthrough};
 use daxfsd::fs::sys;
@@ -42,8 +42,14 @@ enum StartupError {
     NoSocket,
     #[error("cannot start the device: {0}")]
     Device(String),
-    #[error("--dax-window {0:?}: give 0 or a power of two that is a multiple of 2 MiB (e.g. 1G)")]
+    #[error("--dax-window {0:?}: give 0 or a power of two that is a multiple of 2 MiB (e.g. 512M)")]
     DaxWindow(String),
+    #[error(
+        "--dax-window {window}: {slots} slots of 2 MiB, but the frontend's memory slots leave room for \
+         {max} (QEMU makes each mapped slot a vhost memory slot; --dax-reserved-mem-slots {reserved} \
+         stay free): use --dax-window {fit}M or less"
+    )]
+    DaxWindowSlots { window: String, slots: u64, max: usize, reserved: usize, fit: u64 },
     #[error("cannot set up the DAX window: {0}")]
     Dax(std::io::Error),
     #[error("{0}")]
@@ -98,8 +104,26 @@ fn dax_window(s: &str) -> Result<u64, StartupError> {
     Ok(bytes)
 }
 
-fn make_dax(o: &Options, maps: Option<sandbox::MapsClient>) -> Result<Option<Arc<Dax>>, StartupError> {
+/// `--dax-window`, checked against the frontend's memory slots: QEMU makes each mapped 2 MiB
+/// slot one vhost memory slot, so a window with more slots than the budget can kill the VM.
+fn dax_window_len(o: &Options) -> Result<u64, StartupError> {
     let len = dax_window(&o.dax_window)?;
+    let max = dax::max_window_slots(o.dax_reserved_mem_slots);
+    if len >> 21 > max as u64 {
+        let fit = if max == 0 { 0 } else { 2u64 << (usize::BITS - 1 - max.leading_zeros()) };
+        return Err(StartupError::DaxWindowSlots {
+            window: o.dax_window.clone(),
+            slots: len >> 21,
+            max,
+            reserved: o.dax_reserved_mem_slots,
+            fit,
+        });
+    }
+    Ok(len)
+}
+
+fn make_dax(o: &Options, maps: Option<sandbox::MapsClient>) -> Result<Option<Arc<Dax>>, StartupError> {
+    let len = dax_window_len(o)?;
     if len == 0 {
         return Ok(None);
     }
@@ -107,7 +131,7 @@ fn make_dax(o: &Options, maps: Option<sandbox::MapsClient>) -> Result<Option<Arc
     if o.dax_unprotected {
         warn!("--dax-unprotected: files that cannot be leased are mapped anyway; a host truncate can kill the VM");
     }
-    let dax = Dax::new(len, sys::page_size() as u64, policy).map_err(StartupError::Dax)?;
+    let dax = Dax::new(len, sys::page_size() as u64, policy, o.dax_reserved_mem_slots).map_err(StartupError::Dax)?;
     if o.dax_probe_frontend {
         dax.probe_frontend();
     }
@@ -281,7 +305,7 @@ fn run() -> Result<u8, StartupError> {
     let shared_dir = std::fs::canonicalize(o.shared_dir.clone().unwrap_or_default())
         .map_err(|e| StartupError::SharedDir(o.shared_dir.clone().unwrap_or_default(), e))?;
     check_dir(&shared_dir)?;
-    let dax_on = dax_window(&o.dax_window)? != 0;
+    let dax_on = dax_window_len(&o)? != 0;
     let c = confinement(&o, dax_on)?;
     set_rlimit(o.rlimit_nofile)?;
     let threads = pool_size(o.thread_pool_size);

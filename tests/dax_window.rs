@@ -135,11 +135,13 @@ fn removemapping_of_4096_entries() {
     let (e, fh) = c.create(1, "f", libc::O_RDWR | libc::O_CREAT, 0o644).unwrap();
     let n = e.nodeid;
     write_all(&c, n, fh, 0, &pattern_bytes(4, 0, 4096 * PAGE as usize));
-    for i in 0..4096 {
+    // Every 16th page is mapped (the frontend's memory slots hold a few hundred pieces, not
+    // 4096); the removal names all 4096, mapped or not (unknown ranges succeed).
+    for i in (0..4096).step_by(16) {
         c.setupmapping(n, i * PAGE, PAGE, R, i * PAGE).unwrap();
     }
-    assert_eq!(c.vmm.window().pieces().len(), 4096);
-    assert_eq!(c.vmm.window().read(4095 * PAGE, 8).unwrap(), pattern_bytes(4, 4095 * PAGE as usize, 8));
+    assert_eq!(c.vmm.window().pieces().len(), 256);
+    assert_eq!(c.vmm.window().read(4080 * PAGE, 8).unwrap(), pattern_bytes(4, 4080 * PAGE as usize, 8));
     let ranges: Vec<(u64, u64)> = (0..4096).map(|i| (i * PAGE, PAGE)).collect();
     c.removemapping(&ranges).unwrap();
     assert!(c.vmm.window().pieces().is_empty());

@@ -22,7 +22,7 @@ trap 'rm -rf "$share" "$logs"' EXIT
 printf 'Hello from the host.\nThis file lives in %s on the host.\n' "$share" > "$share/hello.txt"
 echo "== host: $share/hello.txt written; starting daxfsd (1 GiB DAX window) and the guest"
 
-"$here/run-vm.sh" --daemon "$here/../target/release/daxfsd" --daemon-arg=--dax-window=1G \
+"$here/run-vm.sh" --daemon "$here/../target/release/daxfsd" --daemon-arg=--dax-window=512M \
     --device dax --queues 1 --mount-opts dax=always --accel "$accel" --share "$share" \
     --guest-file "$here/demo/guest-demo.sh:/tests/demo" --test demo \
     --host-check "$here/demo/host-show.sh" --log-dir "$logs" > "$logs/run.log" 2>&1 || {

@@ -240,8 +240,8 @@ for cell in "${all_cells[@]}"; do
     [[ $daemon_kind == daxfsd ]] && run_args+=(--daemon-arg=--num-request-queues="$q")
     case $mode in
         nodax) run_args+=(--device fs) ;;
-        dax-always) run_args+=(--device dax --mount-opts dax=always --daemon-arg=--dax-window=1G) ;;
-        dax-inode) run_args+=(--device dax --mount-opts dax=inode --daemon-arg=--dax-window=1G) ;;
+        dax-always) run_args+=(--device dax --mount-opts dax=always --daemon-arg=--dax-window=512M) ;;
+        dax-inode) run_args+=(--device dax --mount-opts dax=inode --daemon-arg=--dax-window=512M) ;;
     esac
     case $sandbox in
         rootless)

@@ -1,7 +1,9 @@
 //! `dax`: sequences of SETUPMAPPING, REMOVEMAPPING, shrinks, grows, resets and reconnects
 //! against the DAX window, through a recording mapper that enforces QEMU 11.1's rules (no map
 //! over any part of a piece, unmaps match one piece exactly). After every step the frontend's
-//! pieces must be exactly the table's, inside the window, aligned, and never wholly past EOF.
+//! pieces must be exactly the table's, inside the window, aligned, and never wholly past EOF;
+//! and no map may take the frontend past its memory slots (the first input byte says how many
+//! regions of its own it announced).
 #![no_main]
 
 use std::collections::BTreeMap;
@@ -10,13 +12,17 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use daxfsd::dax::{Dax, DaxError, FileOffset, InodeId, LeasePolicy, Mapper, WinRange};
+use daxfsd::dax::{Dax, DaxError, FileOffset, GuestAccess, InodeId, LeasePolicy, Mapper, WinRange};
 use libfuzzer_sys::fuzz_target;
 
 const PAGE: u64 = 4096;
 const WINDOW: u64 = 16 << 20;
 /// Initial sizes: EOF mid-page, exactly 2 MiB, empty, and a read-only file.
 const SIZES: [u64; 4] = [3 * PAGE + 100, 2 << 20, 0, 5000];
+/// The daemon's GET_MAX_MEM_SLOTS answer, and the slots it is told to keep free: 24 remain for
+/// the frontend's own regions and the pieces, so inputs reach the limit.
+const MAX_SLOTS: usize = 509;
+const RESERVED: usize = 485;
 
 /// The frontend: installed pieces by window start.
 #[derive(Default)]
@@ -24,6 +30,8 @@ struct RecordingMapper {
     pieces: Mutex<BTreeMap<u64, u64>>,
     /// Calls left before one fails (0: none fails).
     fail_in: AtomicUsize,
+    /// Memory regions of the frontend's own.
+    regions: AtomicUsize,
 }
 
 impl RecordingMapper {
@@ -56,6 +64,12 @@ impl Mapper for RecordingMapper {
         let mut p = self.pieces.lock().unwrap();
         let overlaps = p.iter().any(|(s, l)| *s < end && start < s + l);
         assert!(!overlaps, "map {start:#x}+{:#x} over an installed piece: {p:x?}", r.len);
+        let regions = self.regions.load(Ordering::Relaxed);
+        assert!(
+            p.len() + 1 + regions <= MAX_SLOTS - RESERVED,
+            "map past the memory slots: {} pieces + {regions}",
+            p.len()
+        );
         p.insert(start, r.len);
         Ok(())
     }
@@ -94,7 +108,7 @@ fn state() -> &'static State {
             let f = if i == 3 { File::open(&path) } else { File::options().read(true).write(true).open(&path) };
             files.push(Arc::new(OwnedFd::from(f.expect("open file"))));
         }
-        let dax = Dax::new(WINDOW, PAGE, LeasePolicy::Unprotected).expect("dax");
+        let dax = Dax::new(WINDOW, PAGE, LeasePolicy::Unprotected, RESERVED).expect("dax");
         let mapper = Arc::new(RecordingMapper::default());
         dax.attach(mapper.clone());
         State { dax, mapper: Mutex::new(mapper), files, _dir: dir }
@@ -183,7 +197,8 @@ fn step(st: &State, ops: &mut Ops<'_>) {
         5 => {
             let size = size_of_file(file) + u64::from(ops.u16()) * 64;
             if truncate(file.as_fd(), size).is_ok() {
-                let _ = st.dax.grow(id, file.as_fd());
+                let guest = if tag & 0x40 != 0 { GuestAccess::Blocked } else { GuestAccess::Live };
+                let _ = st.dax.grow(id, file.as_fd(), guest);
             }
         }
         6 => st.dax.unmap_all(),
@@ -195,8 +210,10 @@ fn step(st: &State, ops: &mut Ops<'_>) {
         8 => {
             // A reconnect: a new frontend with an empty window.
             st.dax.detach();
-            let m = Arc::new(RecordingMapper::default());
+            let regions = st.mapper.lock().unwrap().regions.load(Ordering::Relaxed);
+            let m = Arc::new(RecordingMapper { regions: AtomicUsize::new(regions), ..RecordingMapper::default() });
             st.dax.attach(m.clone());
+            st.dax.frontend_regions(&vec![None; regions]);
             *st.mapper.lock().unwrap() = m;
         }
         9 => {
@@ -212,10 +229,12 @@ fuzz_target!(|data: &[u8]| {
     for (f, size) in st.files.iter().zip(SIZES).take(3) {
         truncate(f.as_fd(), size).expect("reset size");
     }
-    let mapper = Arc::new(RecordingMapper::default());
-    st.dax.attach(mapper.clone());
-    *st.mapper.lock().unwrap() = mapper;
     let mut ops = Ops(data);
+    let regions = usize::from(ops.u8() % 20);
+    let mapper = Arc::new(RecordingMapper { regions: AtomicUsize::new(regions), ..RecordingMapper::default() });
+    st.dax.attach(mapper.clone());
+    st.dax.frontend_regions(&vec![None; regions]);
+    *st.mapper.lock().unwrap() = mapper;
     for _ in 0..64 {
         if ops.0.is_empty() {
             break;

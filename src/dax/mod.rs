@@ -4,6 +4,7 @@
 
 mod lease;
 mod probe;
+mod slots;
 mod sys;
 mod window;
 
@@ -17,8 +18,9 @@ use crate::log_limit::{error_limited, info_limited, warn_limited};
 use log::{debug, info, warn};
 
 pub use self::lease::block_sigio_in_process;
+pub use self::slots::{FileId, SlotStats, max_window_slots};
 pub use self::window::Table;
-use self::window::{Mapping, Piece};
+use self::window::{Mapping, Piece, Room};
 
 /// An offset in the DAX window (shm region 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -77,6 +79,10 @@ pub enum DaxError {
     /// serving another user's VMM), so I5 could not wait for them to go.
     #[error("the frontend's mappings cannot be watched (it runs as another user)")]
     Unwatched,
+    /// Every memory slot the frontend can track is taken (guest RAM and installed pieces):
+    /// one more piece would make QEMU abort.
+    #[error("no memory slot left in the frontend for another piece")]
+    NoSlots,
     /// A host operation failed.
     #[error("host: {0}")]
     Host(io::Error),
@@ -93,6 +99,7 @@ impl DaxError {
             | DaxError::Unprotected(_)
             | DaxError::NoReplyAck
             | DaxError::Unwatched => libc::EIO,
+            DaxError::NoSlots => libc::ENOSPC,
             DaxError::Host(e) => match e.raw_os_error() {
                 Some(libc::EAGAIN | libc::ENOMEM) | None => libc::EIO,
                 Some(n) => n,
@@ -115,6 +122,18 @@ pub enum LeasePolicy {
     Require,
     /// Map them anyway: another host process truncating them can kill the VM.
     Unprotected,
+}
+
+/// Whether the guest may touch an inode's window pages while a request on the inode runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestAccess {
+    /// It may (WRITE, COPY_FILE_RANGE: the guest holds only the inode lock, so its processes'
+    /// mapped accesses go on).
+    Live,
+    /// It cannot: for SETATTR of the size, O_TRUNC and FALLOCATE of a DAX file the guest has
+    /// unmapped the file from its processes and blocks their faults (fuse_dax_break_layouts
+    /// under the invalidate lock), and holds the inode lock against its own read/write.
+    Blocked,
 }
 
 /// A SETUPMAPPING, checked against the window.
@@ -153,6 +172,8 @@ struct Inner {
     mapped_elsewhere: RwLock<Option<MappedElsewhere>>,
     /// False while this connection's frontend cannot be watched: no DAX for it.
     watched: std::sync::atomic::AtomicBool,
+    /// The frontend's memory slots: how many pieces may be installed.
+    slots: Arc<slots::Slots>,
 }
 
 /// The processes other than the daemon that map file (dev, ino), among the given pids or all
@@ -183,8 +204,9 @@ fn round_up(x: u64, align: u64) -> u64 {
 }
 
 impl Dax {
-    /// A window of `window_len` bytes with mappings aligned to `align` (the host page size).
-    pub fn new(window_len: u64, align: u64, policy: LeasePolicy) -> io::Result<Dax> {
+    /// A window of `window_len` bytes with mappings aligned to `align` (the host page size),
+    /// keeping `reserved_slots` of the frontend's memory slots free (memory hotplug).
+    pub fn new(window_len: u64, align: u64, policy: LeasePolicy, reserved_slots: usize) -> io::Result<Dax> {
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| Inner {
             window_len,
             align,
@@ -197,6 +219,7 @@ impl Dax {
             acks: AtomicU8::new(ACKS_UNKNOWN),
             mapped_elsewhere: RwLock::new(None),
             watched: std::sync::atomic::AtomicBool::new(true),
+            slots: Arc::new(slots::Slots::new(reserved_slots)),
         });
         inner.leases.start()?;
         Ok(Dax { inner })
@@ -233,7 +256,7 @@ impl Dax {
     /// Attaches the frontend's mapper (SHMEM negotiated and a backend channel set up).
     pub fn attach(&self, mapper: Arc<dyn Mapper>) {
         if let Ok(mut m) = self.inner.mapper.write() {
-            *m = Some(mapper);
+            *m = Some(Arc::new(self.inner.slots.counting(mapper)));
             self.inner.acks.store(ACKS_UNKNOWN, Ordering::Release);
         }
     }
@@ -244,7 +267,21 @@ impl Dax {
             m.take();
         }
         self.inner.clear(false);
+        self.inner.slots.forget_frontend();
+        self.inner.log_slots();
         self.inner.watched.store(true, Ordering::Release);
+    }
+
+    /// The frontend's memory table changed (SET_MEM_TABLE, ADD_MEM_REG, REM_MEM_REG): per
+    /// region, the file behind it. Regions backed by files the window maps are its pieces
+    /// (QEMU announces each piece as guest memory); the rest count against the slot budget.
+    pub fn frontend_regions(&self, regions: &[Option<FileId>]) {
+        self.inner.slots.table_changed(regions);
+    }
+
+    /// What the window did with the frontend's memory slots since the last call.
+    pub fn take_slot_stats(&self) -> SlotStats {
+        self.inner.slots.take_stats()
     }
 
     /// This connection's frontend cannot be watched (I5's wait would be blind): every
@@ -261,6 +298,7 @@ impl Dax {
     /// A device reset: the frontend dropped its mappings; forget ours without sending anything.
     pub fn forget_all(&self) {
         self.inner.clear(false);
+        self.inner.slots.forget_pieces();
     }
 
     /// DESTROY or a new INIT: unmap everything (I1).
@@ -319,7 +357,7 @@ impl Dax {
         let _g = st.sem.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         self.inner.cut(inode, file, round_up(new_size, self.inner.align))?;
         let result = op();
-        self.inner.reinstall(inode, file)?;
+        self.inner.reinstall(inode, file, true)?;
         result
     }
 
@@ -333,21 +371,22 @@ impl Dax {
         let _g = st.sem.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Ok(true) = self.inner.leases.ensure(inode, file) {
             self.inner.unrevoke(inode);
-            if let Err(e) = self.inner.reinstall(inode, file.as_fd()) {
+            if let Err(e) = self.inner.reinstall(inode, file.as_fd(), false) {
                 warn_limited!("cannot re-install inode {}: {e}", inode.0);
             }
         }
     }
 
     /// After an operation that may have grown the file: re-install cut slots (I3) before the
-    /// reply tells the guest the new size.
-    pub fn grow(&self, inode: InodeId, file: BorrowedFd<'_>) -> io::Result<()> {
+    /// reply tells the guest the new size. `guest` says whether the guest may be touching the
+    /// inode's window pages meanwhile (it decides whether pieces may be merged).
+    pub fn grow(&self, inode: InodeId, file: BorrowedFd<'_>, guest: GuestAccess) -> io::Result<()> {
         if !self.inner.table_has_cut(inode) {
             return Ok(());
         }
         let st = self.inner.inode(inode);
         let _g = st.sem.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.inner.reinstall(inode, file).map_err(io::Error::from)
+        self.inner.reinstall(inode, file, guest == GuestAccess::Blocked).map_err(io::Error::from)
     }
 
     /// I6 after a punch: ranges of writable mappings that became sparse are allocated again.
@@ -444,7 +483,7 @@ impl Inner {
             Ok(true) => {
                 // The file is stable again after a lease break: re-install to EOF first.
                 self.unrevoke(inode);
-                self.reinstall(inode, file.as_fd())?;
+                self.reinstall(inode, file.as_fd(), false)?;
             }
             Err(e) if self.policy == LeasePolicy::Require => return Err(DaxError::Unprotected(e)),
             Err(e) => debug!("mapping inode {} without a lease: {e}", inode.0),
@@ -465,11 +504,17 @@ impl Inner {
             return Ok(());
         }
         t.remove_overlapping(s.range.start, s.range.start.0 + s.range.len, &*mapper)?;
+        let full = t.installed() >= self.room().cap;
         // Install up to the page holding EOF (valid); never a page wholly past EOF.
         let pieces = self.padded(file.as_fd(), |valid_end| {
             let installed = valid_end.saturating_sub(start).min(s.range.len);
             if installed == 0 {
                 return Ok(Vec::new());
+            }
+            if full {
+                self.slots.note_refusal();
+                warn_limited!("SETUPMAPPING refused (ENOSPC): every memory slot of the frontend is taken");
+                return Err(DaxError::NoSlots);
             }
             let range = WinRange { start: s.range.start, len: installed };
             mapper.map(range, file.as_fd(), s.foffset, writable)?;
@@ -542,15 +587,59 @@ impl Inner {
         self.padded(file, |_| t.cut(inode, cut, &*mapper))
     }
 
-    /// Installs every mapping of `inode` up to the page holding the current EOF (I3, I4, I5).
-    fn reinstall(&self, inode: InodeId, file: BorrowedFd<'_>) -> Result<(), DaxError> {
+    /// Installs every mapping of `inode` up to the page holding the current EOF (I3, I4, I5);
+    /// `quiet`: the guest cannot touch the inode's pages meanwhile, so pieces merge.
+    fn reinstall(&self, inode: InodeId, file: BorrowedFd<'_>, quiet: bool) -> Result<(), DaxError> {
         let Ok(mapper) = self.mapper() else { return Ok(()) };
         let mut t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let eof = sys::file_size(file).map_err(DaxError::Host)?;
         if !t.needs_fill(inode, round_up(eof, self.align)) {
             return Ok(());
         }
-        self.padded(file, |valid_end| t.fill(inode, valid_end, &*mapper))
+        let room = self.room();
+        match self.padded(file, |valid_end| t.fill(inode, valid_end, &*mapper, room, quiet)) {
+            Ok(merged) => {
+                (0..merged).for_each(|_| self.slots.note_merge());
+                Ok(())
+            }
+            Err(DaxError::NoSlots) => {
+                self.slots.note_refusal();
+                warn_limited!("inode {}: no memory slot left to re-install its mapping", inode.0);
+                Err(DaxError::NoSlots)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The slot budget as the table sees it.
+    fn room(&self) -> Room {
+        Room { cap: self.slots.cap(), window_slots: usize::try_from(self.window_len >> 21).unwrap_or(usize::MAX) }
+    }
+
+    /// One line on what the window did with the frontend's memory slots (vm-tests grep it).
+    fn log_slots(&self) {
+        let s = self.slots.take_stats();
+        if s.maps == 0 && s.table_updates == 0 {
+            return;
+        }
+        let mean = |total: u64, n: u64| total.checked_div(n).unwrap_or(0);
+        info!(
+            "DAX window: peak {} pieces, peak {} frontend memory regions ({} not ours), budget {} of {} slots; \
+             {} maps (mean {} us, max {} us), {} unmaps (mean {} us), {} memory-table updates, {} merges, {} refusals",
+            s.peak_pieces,
+            s.peak_regions,
+            s.peak_others,
+            self.slots.cap(),
+            slots::max_slots(),
+            s.maps,
+            mean(s.map_micros, s.maps),
+            s.max_map_micros,
+            s.unmaps,
+            mean(s.unmap_micros, s.unmaps),
+            s.table_updates,
+            s.merges,
+            s.refusals,
+        );
     }
 
     fn unrevoke(&self, inode: InodeId) {
@@ -590,7 +679,7 @@ impl Inner {
         let st = self.inode(inode);
         let _g = st.sem.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         self.unrevoke(inode);
-        match self.reinstall(inode, file) {
+        match self.reinstall(inode, file, false) {
             Ok(()) => true,
             Err(e) => {
                 warn!("cannot re-install inode {} after a lease break: {e}", inode.0);
@@ -617,6 +706,7 @@ impl Inner {
         }
         if n > 0 {
             info_limited!("DAX window cleared ({n} mappings)");
+            self.log_slots();
         }
     }
 }
@@ -627,7 +717,7 @@ mod tests {
 
     #[test]
     fn check_rejects_misaligned_outside_and_overflowing_ranges() {
-        let d = Dax::new(64 << 20, 4096, LeasePolicy::Require).unwrap();
+        let d = Dax::new(64 << 20, 4096, LeasePolicy::Require, 16).unwrap();
         let mb2 = 2 << 20;
         assert!(d.check(0, mb2, 0, false).is_ok());
         assert!(d.check((64 << 20) - mb2, mb2, mb2, true).is_ok());

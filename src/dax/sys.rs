@@ -32,6 +32,16 @@ pub fn file_size(fd: BorrowedFd<'_>) -> io::Result<u64> {
     u64::try_from(st.st_size).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))
 }
 
+/// The file's (st_dev, st_ino).
+pub fn file_id(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    let mut st = MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: `st` is a writable stat buffer; the fd is borrowed for the call.
+    check(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstat succeeded and filled the (zeroed) buffer.
+    let st = unsafe { st.assume_init() };
+    Ok((st.st_dev, st.st_ino))
+}
+
 /// ftruncate(2).
 pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> io::Result<()> {
     let size = libc::off_t::try_from(size).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;

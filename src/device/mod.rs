@@ -18,11 +18,11 @@ use vhost_user_backend::{VhostUserBackend, VringMutex, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{DescriptorChain, QueueOwnedT};
-use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic};
+use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier};
 
-use crate::dax::Dax;
+use crate::dax::{self, Dax};
 use crate::fs::Filesystem;
 use crate::fuse::Server;
 use crate::fuse::abi::{InHeader, Opcode};
@@ -376,6 +376,12 @@ impl<F: Filesystem + 'static> VhostUserBackend for FsDevice<F> {
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMem>) -> io::Result<()> {
+        if let Some(dax) = &self.dax {
+            // QEMU announces each window piece as one more region: the window counts them.
+            let regions: Vec<Option<dax::FileId>> =
+                mem.memory().iter().map(|r| r.file_offset().and_then(|f| file_id(f.file()).ok())).collect();
+            dax.frontend_regions(&regions);
+        }
         let mut m = self.mem.write().map_err(|_| io::Error::other("memory lock poisoned"))?;
         *m = Some(mem);
         Ok(())
@@ -429,4 +435,11 @@ impl<F: Filesystem + 'static> VhostUserBackend for FsDevice<F> {
         self.drain_queue(qidx, vring);
         Ok(())
     }
+}
+
+/// The (st_dev, st_ino) of the file behind a memory region.
+fn file_id(f: &std::fs::File) -> io::Result<dax::FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let m = f.metadata()?;
+    Ok((m.dev(), m.ino()))
 }

@@ -544,7 +544,14 @@ pub struct ShmemEvent {
 struct WindowState {
     pieces: BTreeMap<u64, Piece>, // by shm_offset; never overlapping
     log: Vec<ShmemEvent>,
+    /// The most pieces installed at once.
+    peak: usize,
+    /// Announce every piece to the backend as a memory region, as QEMU 11.1 does.
+    mirror: Option<Frontend>,
 }
+
+/// Where mirrored pieces appear in guest-physical space (QEMU: the device's BAR).
+const MIRROR_GPA: u64 = 1 << 44;
 
 /// Shared memory region 0, emulating QEMU 11.1 (DESIGN.md §3): a map over any part of an
 /// installed piece is refused, an unmap must match one piece exactly, and a page outside every
@@ -592,6 +599,21 @@ impl Window {
     /// Every SHMEM_MAP/UNMAP received so far, in order.
     pub fn log(&self) -> Vec<ShmemEvent> {
         self.state.lock().unwrap().log.clone()
+    }
+    /// The most pieces that were installed at once.
+    pub fn peak_pieces(&self) -> usize {
+        self.state.lock().unwrap().peak
+    }
+
+    /// The memory region QEMU makes of a piece, for ADD_MEM_REG / REM_MEM_REG.
+    fn region_of(&self, start: u64, len: u64, fd_offset: u64, fd: RawFd) -> VhostUserMemoryRegionInfo {
+        VhostUserMemoryRegionInfo {
+            guest_phys_addr: MIRROR_GPA + start,
+            memory_size: len,
+            userspace_addr: self.base as u64 + start,
+            mmap_offset: fd_offset,
+            mmap_handle: fd,
+        }
     }
 
     /// Host address of `[offset, offset + len)`, which must lie in the window.
@@ -664,7 +686,16 @@ impl Window {
         }
         let piece =
             Piece { shm_offset: start, len, fd_offset: req.fd_offset, writable, dev: meta.dev(), ino: meta.ino() };
+        // QEMU 11.1 announces the new RAM region to the backend before it answers the map.
+        if let Some(fe) = st.mirror.as_mut() {
+            let region = self.region_of(start, len, req.fd_offset, fd);
+            if let Err(e) = fe.add_mem_region(&region) {
+                self.zero(start, len)?;
+                return Err(io::Error::other(format!("ADD_MEM_REG of a piece: {e}")));
+            }
+        }
         st.pieces.insert(start, piece);
+        st.peak = st.peak.max(st.pieces.len());
         Ok(())
     }
 
@@ -674,7 +705,13 @@ impl Window {
             return Err(einval()); // QEMU 11.1: only an exact earlier map can be unmapped
         }
         self.zero(start, len)?;
-        st.pieces.remove(&start);
+        if let Some(p) = st.pieces.remove(&start)
+            && let Some(fe) = st.mirror.as_mut()
+        {
+            // REM_MEM_REG matches by address and size; the fd is not sent.
+            let region = self.region_of(start, len, p.fd_offset, -1);
+            fe.remove_mem_region(&region).map_err(|e| io::Error::other(format!("REM_MEM_REG of a piece: {e}")))?;
+        }
         Ok(())
     }
 
@@ -832,6 +869,8 @@ pub struct Vmm {
     protocol: VhostUserProtocolFeatures,
     timeout: Duration,
     closed: bool,
+    /// Memory regions added by `add_memory_regions`.
+    extra: Vec<File>,
 }
 
 /// FEATURES_OK, the memory table, then each vring, enabled: the driver's part of bringing the
@@ -891,7 +930,13 @@ impl Vmm {
             | u64::from(opts.event_idx) << VIRTIO_RING_F_EVENT_IDX;
         let features = needed | (offered & optional);
 
-        let mut wanted = P::MQ | P::REPLY_ACK | P::CONFIG | P::BACKEND_REQ | P::BACKEND_SEND_FD | P::RESET_DEVICE;
+        let mut wanted = P::MQ
+            | P::REPLY_ACK
+            | P::CONFIG
+            | P::BACKEND_REQ
+            | P::BACKEND_SEND_FD
+            | P::RESET_DEVICE
+            | P::CONFIGURE_MEM_SLOTS;
         wanted.set(P::SHMEM, opts.shmem);
         wanted.set(P::REPLY_ACK, opts.reply_ack);
         // set_protocol_features records what it is given as acked: mask by the offer first.
@@ -938,6 +983,7 @@ impl Vmm {
             protocol,
             timeout,
             closed: false,
+            extra: Vec::new(),
         })
     }
 
@@ -983,6 +1029,40 @@ impl Vmm {
     /// A handle for raw vhost-user messages (lifecycle tests). It shares the connection.
     pub fn frontend(&self) -> Frontend {
         self.frontend.clone()
+    }
+
+    /// From now on, announce every window piece to the backend as one more memory region
+    /// (ADD_MEM_REG before answering the map, REM_MEM_REG on unmap), as QEMU 11.1 does.
+    pub fn mirror_pieces_as_regions(&self) {
+        self.window.state.lock().unwrap().mirror = Some(self.frontend.clone());
+    }
+
+    /// ADD_MEM_REG of `n` more regions of one page each (memfds above guest RAM), standing for
+    /// what else a QEMU frontend holds as vhost memory (RAM above 4 GiB, DIMMs, other devices).
+    pub fn add_memory_regions(&mut self, n: usize) -> io::Result<()> {
+        for i in 0..n {
+            // SAFETY: the name is a NUL-terminated literal; the result is checked before use.
+            let fd = unsafe { libc::memfd_create(c"test-vmm-extra".as_ptr(), libc::MFD_CLOEXEC) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: memfd_create just returned this descriptor and nothing else owns it.
+            let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+            file.set_len(PAGE)?;
+            let at = (1 << 40) + (self.extra.len() as u64 + i as u64) * PAGE;
+            // The backend maps the fd itself; the frontend address is only for translating vring
+            // addresses, which never point here.
+            let region = VhostUserMemoryRegionInfo {
+                guest_phys_addr: at,
+                memory_size: PAGE,
+                userspace_addr: at,
+                mmap_offset: 0,
+                mmap_handle: file.as_raw_fd(),
+            };
+            self.frontend.add_mem_region(&region).map_err(|e| io::Error::other(format!("ADD_MEM_REG: {e}")))?;
+            self.extra.push(file);
+        }
+        Ok(())
     }
     pub fn num_queues(&self) -> usize {
         self.queues.len()
