@@ -213,7 +213,7 @@ fn step(st: &State, ops: &mut Ops<'_>) {
             let regions = st.mapper.lock().unwrap().regions.load(Ordering::Relaxed);
             let m = Arc::new(RecordingMapper { regions: AtomicUsize::new(regions), ..RecordingMapper::default() });
             st.dax.attach(m.clone());
-            st.dax.frontend_regions(&vec![None; regions]);
+            st.dax.frontend_regions(&vec![None; regions], std::time::Instant::now());
             *st.mapper.lock().unwrap() = m;
         }
         9 => {
@@ -233,7 +233,7 @@ fuzz_target!(|data: &[u8]| {
     let regions = usize::from(ops.u8() % 20);
     let mapper = Arc::new(RecordingMapper { regions: AtomicUsize::new(regions), ..RecordingMapper::default() });
     st.dax.attach(mapper.clone());
-    st.dax.frontend_regions(&vec![None; regions]);
+    st.dax.frontend_regions(&vec![None; regions], std::time::Instant::now());
     *st.mapper.lock().unwrap() = mapper;
     for _ in 0..64 {
         if ops.0.is_empty() {

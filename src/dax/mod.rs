@@ -275,8 +275,9 @@ impl Dax {
     /// The frontend's memory table changed (SET_MEM_TABLE, ADD_MEM_REG, REM_MEM_REG): per
     /// region, the file behind it. Regions backed by files the window maps are its pieces
     /// (QEMU announces each piece as guest memory); the rest count against the slot budget.
-    pub fn frontend_regions(&self, regions: &[Option<FileId>]) {
-        self.inner.slots.table_changed(regions);
+    /// `started`: when the update's handling began (for the summary's timing).
+    pub fn frontend_regions(&self, regions: &[Option<FileId>], started: std::time::Instant) {
+        self.inner.slots.table_changed(regions, started);
     }
 
     /// What the window did with the frontend's memory slots since the last call.
@@ -625,7 +626,7 @@ impl Inner {
         let mean = |total: u64, n: u64| total.checked_div(n).unwrap_or(0);
         info!(
             "DAX window: peak {} pieces, peak {} frontend memory regions ({} not ours), budget {} of {} slots; \
-             {} maps (mean {} us, max {} us), {} unmaps (mean {} us), {} memory-table updates, {} merges, {} refusals",
+             {} maps (mean {} us, max {} us), {} unmaps (mean {} us), {} memory-table updates (mean {} us to classify), {} merges, {} refusals",
             s.peak_pieces,
             s.peak_regions,
             s.peak_others,
@@ -637,6 +638,7 @@ impl Inner {
             s.unmaps,
             mean(s.unmap_micros, s.unmaps),
             s.table_updates,
+            mean(s.table_micros, s.table_updates),
             s.merges,
             s.refusals,
         );

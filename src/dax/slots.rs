@@ -55,6 +55,8 @@ pub struct SlotStats {
     pub unmaps: u64,
     pub unmap_micros: u64,
     pub table_updates: u64,
+    /// Time spent classifying the regions of those updates.
+    pub table_micros: u64,
     /// Growths that merged pieces instead of adding one (the budget or a quiet guest).
     pub merges: u64,
     /// SETUPMAPPINGs or re-installs refused because no slot was left.
@@ -78,11 +80,13 @@ impl Slots {
 
     /// The frontend's memory table changed: `regions` holds, per region, the file behind it
     /// (None when it has none or it cannot be identified: counted as the frontend's own).
-    pub fn table_changed(&self, regions: &[Option<FileId>]) {
+    pub fn table_changed(&self, regions: &[Option<FileId>], started: Instant) {
         let mut s = self.state();
         let others = regions.iter().filter(|r| r.is_none_or(|id| !s.ours.contains_key(&id))).count();
         s.others = others;
         s.stats.table_updates += 1;
+        let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        s.stats.table_micros = s.stats.table_micros.saturating_add(us);
         s.stats.peak_regions = s.stats.peak_regions.max(regions.len());
         s.stats.peak_others = s.stats.peak_others.max(others);
     }
@@ -223,12 +227,12 @@ mod tests {
         m.map(r(0), fd, FileOffset(0), false).unwrap();
         m.map(r(1), fd, FileOffset(0), false).unwrap();
         // Guest RAM (no file, or another file) plus our two pieces, as QEMU announces them.
-        slots.table_changed(&[None, Some((1, 2)), Some(id), Some(id)]);
+        slots.table_changed(&[None, Some((1, 2)), Some(id), Some(id)], Instant::now());
         assert_eq!(slots.cap(), 498);
         m.unmap(r(0)).unwrap();
         m.unmap(r(1)).unwrap();
         // Once unmapped, a region of that file is the frontend's again.
-        slots.table_changed(&[None, Some(id)]);
+        slots.table_changed(&[None, Some(id)], Instant::now());
         assert_eq!(slots.cap(), 498);
         let st = slots.take_stats();
         assert_eq!((st.peak_pieces, st.peak_regions, st.maps, st.unmaps, st.table_updates), (2, 4, 2, 2, 2));

@@ -378,9 +378,10 @@ impl<F: Filesystem + 'static> VhostUserBackend for FsDevice<F> {
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMem>) -> io::Result<()> {
         if let Some(dax) = &self.dax {
             // QEMU announces each window piece as one more region: the window counts them.
+            let started = std::time::Instant::now();
             let regions: Vec<Option<dax::FileId>> =
                 mem.memory().iter().map(|r| r.file_offset().and_then(|f| file_id(f.file()).ok())).collect();
-            dax.frontend_regions(&regions);
+            dax.frontend_regions(&regions, started);
         }
         let mut m = self.mem.write().map_err(|_| io::Error::other("memory lock poisoned"))?;
         *m = Some(mem);
