@@ -207,8 +207,9 @@ impl Table {
                 0
             } else if quiet {
                 0
-            } else if room.grows(extra) || (m.pieces.len() == 1 && installed < room.cap) {
-                // Adjacent; a mapping's second piece may take a slot's reserve while one is left.
+            } else if installed < room.cap && (room.grows(extra) || m.pieces.len() == 1) {
+                // Adjacent, never past the cap (a guest may hold more mappings than the window
+                // has 2 MiB slots); a mapping's second piece may take a slot's reserve.
                 m.pieces.len()
             } else if m.pieces.len() >= 2 {
                 1
@@ -444,6 +445,34 @@ mod tests {
         // so every third growth or so merges.
         assert!((50..100).contains(&merges), "{merges} merges");
         assert_eq!(t.pieces_of(A).iter().filter(|p| p.1 >= MB2).count(), 1, "the other slot is untouched");
+    }
+
+    #[test]
+    fn growth_never_passes_the_cap_with_more_mappings_than_window_slots() {
+        // Found by the `dax` fuzz target: page-sized mappings, more of them than the window
+        // has 2 MiB slots, so the per-slot reserve alone did not bound the pieces.
+        let (mut t, m) = (Table::default(), TestMapper::default());
+        for i in 0..5 {
+            let range = WinRange { start: WinOffset(i * 8 * PAGE), len: 8 * PAGE };
+            let f = file();
+            m.map(WinRange { start: range.start, len: PAGE }, f.as_fd(), FileOffset(0), true).unwrap();
+            let pieces = vec![Piece { start: range.start, len: PAGE }];
+            t.insert(Mapping {
+                inode: A,
+                file: f,
+                range,
+                foffset: FileOffset(0),
+                writable: true,
+                pieces,
+                revoked: false,
+            });
+        }
+        let room = Room { cap: 7, window_slots: 2 };
+        for end in 2..8 {
+            t.fill(A, end * PAGE, &m, room, false).unwrap();
+            assert!(m.installed().len() <= room.cap, "{} pieces", m.installed().len());
+            assert_eq!(t.pieces_of(A).iter().map(|p| p.2).sum::<u64>(), 5 * end * PAGE, "a hole at page {end}");
+        }
     }
 
     #[test]
