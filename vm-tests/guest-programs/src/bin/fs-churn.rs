@@ -4,7 +4,7 @@
 //! appends (1-8 KiB: under DAX a mapped 2 MiB slot whose file grows page by
 //! page collects one piece per growth; half of them first read the page at
 //! EOF through a mapping, so that slot is mapped), large appends, pwrites below and
-//! past EOF, reads, shared-mapping reads and writes (through
+//! past EOF, reads (of a range, or of a whole file), shared-mapping reads and writes (through
 //! `guest::probe`, so a SIGBUS is counted instead of killing the process),
 //! ftruncate up and down, fallocate (allocate, keep-size, punch hole, zero
 //! range), unlink, rename (to a fresh name and over another file of the
@@ -90,6 +90,7 @@ enum Kind {
     Pwrite,
     PwritePastEof,
     Read,
+    ReadFile,
     MapRead,
     MapWrite,
     TruncGrow,
@@ -105,7 +106,7 @@ enum Kind {
     Final,
 }
 
-const KINDS: [(Kind, &str, u32); 20] = [
+const KINDS: [(Kind, &str, u32); 21] = [
     (Kind::Create, "create", 4),
     (Kind::Reopen, "reopen", 1),
     (Kind::AppendSmall, "append_small", 30),
@@ -113,6 +114,7 @@ const KINDS: [(Kind, &str, u32); 20] = [
     (Kind::Pwrite, "pwrite", 8),
     (Kind::PwritePastEof, "pwrite_past_eof", 3),
     (Kind::Read, "read", 12),
+    (Kind::ReadFile, "read_file", 3),
     (Kind::MapRead, "mread", 8),
     (Kind::MapWrite, "mwrite", 8),
     (Kind::TruncGrow, "trunc_grow", 2),
@@ -564,6 +566,12 @@ impl Worker<'_> {
                 self.write(fi, off, len, k)
             }
             Kind::Read => self.read(fi),
+            Kind::ReadFile => {
+                let s = self.slot(fi)?;
+                let (name, size) = (s.name.clone(), s.size);
+                self.note(format!("read_file {name} size {size:#x}"));
+                self.read_file(fi, size, "read_file")
+            }
             Kind::MapRead => self.map_read(fi),
             Kind::MapWrite => self.map_write(fi),
             Kind::TruncGrow | Kind::TruncShrink => {
@@ -769,6 +777,21 @@ impl Worker<'_> {
         self.pread_check(fi, off, len, "pread")
     }
 
+    /// pread the whole file (1 MiB at a time; one more byte than its size,
+    /// so a file longer than modelled is caught) and compare.
+    fn read_file(&mut self, fi: usize, size: u64, what: &str) -> OpResult {
+        let chunk = 1u64 << 20;
+        let mut off = 0;
+        loop {
+            let len = chunk.min(size + 1 - off);
+            self.pread_check(fi, off, len, what)?;
+            off += len;
+            if off > size {
+                return Ok(());
+            }
+        }
+    }
+
     /// The file's shared mapping of `max_size` bytes (made on first use).
     /// `Ok(false)`: the mount refuses shared mappings (mapped ops are off).
     fn ensure_map(&mut self, fi: usize) -> std::result::Result<bool, Bad> {
@@ -868,7 +891,22 @@ impl Worker<'_> {
         let r = match self.slot(fi) {
             Ok(s) => {
                 s.expected(off, &mut want);
-                compare(&what, buf.get(..done).unwrap_or_default(), &want, off)
+                match compare(&what, buf.get(..done).unwrap_or_default(), &want, off) {
+                    // Say whether read(2) sees the same thing as the mapping.
+                    Err(Bad::Mismatch(m)) => {
+                        let mut again = vec![0u8; done];
+                        let pread = match s.fd.read_at(&mut again, off) {
+                            Ok(n) if n == done && again == want => "pread of the range matches the model".to_owned(),
+                            Ok(n) if again.get(..n) == buf.get(..n) => {
+                                format!("pread ({n} bytes) shows what the mapping showed")
+                            }
+                            Ok(n) => format!("pread ({n} bytes) differs from both"),
+                            Err(e) => format!("pread: {e}"),
+                        };
+                        Err(Bad::Mismatch(format!("{m}; {pread}")))
+                    }
+                    r => r,
+                }
             }
             Err(b) => Err(b),
         };
@@ -1018,12 +1056,8 @@ impl Worker<'_> {
                 if st.len() != size {
                     return Err(Bad::Mismatch(format!("final fstat {name}: size {:#x}, model {size:#x}", st.len())));
                 }
+                self.read_file(fi, size, "final pread")?;
                 let chunk = 1u64 << 20;
-                let mut off = 0;
-                while off < size {
-                    self.pread_check(fi, off, chunk.min(size - off), "final pread")?;
-                    off += chunk;
-                }
                 if self.slot(fi)?.map.is_some() {
                     let valid = round_up(size, self.cfg.page).min(self.cfg.max_size);
                     let mut off = 0;
