@@ -1,16 +1,17 @@
 //! fs-churn — an fsstress-like load of our own: `--procs` forked processes,
 //! each in its own directory `<mount>/<dir>/pN`, run random operations on a
 //! pool of `--files` files for `--duration` seconds: create, many small
-//! appends (1-8 KiB: under DAX a mapped 2 MiB slot whose file grows page by
-//! page collects one piece per growth; half of them first read the page at
-//! EOF through a mapping, so that slot is mapped), large appends, pwrites below and
-//! past EOF, reads (of a range, or of a whole file), shared-mapping reads and writes (through
+//! appends (bursts of up to `--burst` appends of 1-8 KiB: under DAX a mapped
+//! 2 MiB slot whose file grows page by page collects one piece per growth;
+//! half of the bursts first read the page at EOF through a mapping, so that
+//! slot is mapped), large appends, pwrites below and past EOF, reads (of a
+//! range, or of a whole file), shared-mapping reads and writes (through
 //! `guest::probe`, so a SIGBUS is counted instead of killing the process),
 //! ftruncate up and down, fallocate (allocate, keep-size, punch hole, zero
 //! range), unlink, rename (to a fresh name and over another file of the
-//! pool), mkdir/rmdir, fsync, stat, reopen and open with O_TRUNC. `--hot-share`
-//! percent of the ops go to the first `--hot` files of the pool, so some
-//! files stay mapped and keep growing.
+//! pool), mkdir/rmdir, fsync, stat, reopen and open with O_TRUNC.
+//! `--hot-share` percent of the ops go to the first `--hot` files of the
+//! pool, so some files stay mapped and keep growing.
 //!
 //! # The check
 //!
@@ -72,6 +73,7 @@ const OPTS: &[Opt] = &[
     Opt { name: "max-io", default: Some("256K"), help: "longest large write/read" },
     Opt { name: "hot", default: Some("8"), help: "files f0..f(N-1) of each pool are hot (0: none)" },
     Opt { name: "hot-share", default: Some("50"), help: "percent of the ops aimed at the hot files" },
+    Opt { name: "burst", default: Some("16"), help: "most small appends in a row to one file" },
     Opt { name: "small-min", default: Some("1K"), help: "shortest small append" },
     Opt { name: "small-max", default: Some("8K"), help: "longest small append" },
     Opt { name: "progress", default: Some("10"), help: "seconds between progress lines (0: none)" },
@@ -348,6 +350,7 @@ fn compare(what: &str, got: &[u8], want: &[u8], off: u64) -> OpResult {
 }
 
 struct Config {
+    burst: u64,
     hot: usize,
     hot_share: u64,
     seed: u64,
@@ -541,14 +544,31 @@ impl Worker<'_> {
                 }
                 Ok(())
             }
-            Kind::AppendSmall | Kind::AppendBig => {
+            Kind::AppendBig => {
                 let size = self.slot(fi)?.size;
-                let (lo, hi) = if k == Kind::AppendSmall { self.cfg.small } else { (1, self.cfg.max_io) };
-                let len = self.rng.between(lo, hi).min(self.cfg.max_size - size).max(1);
-                if k == Kind::AppendSmall && self.mmap_on && size > 0 && self.rng.chance(1, 2) {
+                let len = self.rng.between(1, self.cfg.max_io).min(self.cfg.max_size - size).max(1);
+                self.write(fi, size, len, k)
+            }
+            Kind::AppendSmall => {
+                // A burst of 1..=--burst appends; each one counts as an op.
+                let n = self.rng.between(1, self.cfg.burst);
+                if self.mmap_on && self.slot(fi)?.size > 0 && self.rng.chance(1, 2) {
                     self.touch_eof(fi)?;
                 }
-                self.write(fi, size, len, k)
+                for i in 0..n {
+                    let size = self.slot(fi)?.size;
+                    if size + self.cfg.small.0 > self.cfg.max_size {
+                        break;
+                    }
+                    let len = self.rng.between(self.cfg.small.0, self.cfg.small.1).min(self.cfg.max_size - size);
+                    self.write(fi, size, len, k)?;
+                    if i > 0
+                        && let Some(c) = self.c.ops.get(kind_index(k))
+                    {
+                        add(c, 1);
+                    }
+                }
+                Ok(())
             }
             Kind::Pwrite => {
                 let size = self.slot(fi)?.size;
@@ -1213,6 +1233,7 @@ fn run() -> Result<i32> {
     let (seed, procs, duration) = (args.u64("seed")?, args.usize("procs")?.max(1), args.u64("duration")?);
     ensure!(procs <= MAX_PROCS, "--procs: at most {MAX_PROCS}");
     let cfg = Config {
+        burst: args.u64("burst")?.max(1),
         hot: args.usize("hot")?,
         hot_share: args.u64("hot-share")?.min(100),
         seed,
@@ -1236,8 +1257,16 @@ fn run() -> Result<i32> {
     }
     std::fs::create_dir(&base).with_ctx(|| format!("mkdir {}", base.display()))?;
     report::info(&format!(
-        "{NAME} config seed={seed} procs={procs} duration={duration}s files={} hot={}@{}% max-size={} max-io={} small={}-{} page={page} allow-enospc={}",
-        cfg.nfiles, cfg.hot, cfg.hot_share, cfg.max_size, cfg.max_io, cfg.small.0, cfg.small.1, cfg.allow_enospc
+        "{NAME} config seed={seed} procs={procs} duration={duration}s files={} hot={}@{}% max-size={} max-io={} small={}-{}x{} page={page} allow-enospc={}",
+        cfg.nfiles,
+        cfg.hot,
+        cfg.hot_share,
+        cfg.max_size,
+        cfg.max_io,
+        cfg.small.0,
+        cfg.small.1,
+        cfg.burst,
+        cfg.allow_enospc
     ));
     let c = shared_counters()?;
     let t0 = Instant::now();
