@@ -1402,3 +1402,62 @@ fn main() {
     });
     std::process::exit(code);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The interval model against a plain byte vector, over random writes,
+    /// clears (punch/zero), truncates and extensions.
+    #[test]
+    fn interval_model_matches_a_byte_model() -> Result<()> {
+        let path = std::env::temp_dir().join(format!("fs-churn-test-{}", std::process::id()));
+        let fd = File::create(&path).ctx("create")?;
+        let _ = std::fs::remove_file(&path);
+        let mut s = Slot { name: "t".into(), fd, map: None, fid: 1, size: 0, segs: BTreeMap::new(), tainted: false };
+        let max = 64 * 1024u64;
+        let mut bytes = vec![0u8; max as usize];
+        let mut rng = Rng::new(3);
+        for round in 0..3000u32 {
+            let a = rng.below(max);
+            let b = rng.between(a, max.min(a + 9000));
+            match rng.below(4) {
+                0 | 1 => {
+                    let key = pattern_key(0, 1, round);
+                    fill_pattern(bytes.get_mut(a as usize..b as usize).unwrap_or_default(), key, a);
+                    s.wrote(a, b, key);
+                }
+                2 => {
+                    bytes.get_mut(a as usize..b as usize).unwrap_or_default().fill(0);
+                    s.clear(a, b);
+                    s.size = s.size.max(b);
+                }
+                _ => {
+                    let n = rng.below(max);
+                    if n < s.size {
+                        bytes.get_mut(n as usize..).unwrap_or_default().fill(0);
+                    }
+                    s.truncate(n);
+                }
+            }
+            let (x, y) = (rng.below(max), rng.below(max));
+            let (x, y) = (x.min(y), x.max(y));
+            let mut got = vec![0u8; (y - x) as usize];
+            s.expected(x, &mut got);
+            let mut want = bytes.get(x as usize..y as usize).unwrap_or_default().to_vec();
+            // Past the modelled size everything reads as zero.
+            for (i, w) in want.iter_mut().enumerate() {
+                if x + i as u64 >= s.size {
+                    *w = 0;
+                }
+            }
+            ensure!(got == want, "round {round}: model differs in {x:#x}..{y:#x}");
+            let mut prev = 0;
+            for (&start, seg) in &s.segs {
+                ensure!(start >= prev && seg.end > start, "round {round}: segments overlap or are empty");
+                prev = seg.end;
+            }
+        }
+        Ok(())
+    }
+}
