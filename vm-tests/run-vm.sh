@@ -58,9 +58,10 @@
 #                        quit QEMU with Ctrl-A X
 #
 # Exit status: 0 when every guest result passed, the guest printed
-# DAXFSD-DONE rc=0, QEMU exited cleanly, the daemon neither died early nor
-# failed, and the host check (if any) passed; 1 otherwise; 2 for usage or
-# environment errors. On failure the guest console and daemon log are printed.
+# DAXFSD-DONE rc=0, QEMU exited cleanly (no signal, no assertion on its
+# stderr), the daemon neither died early nor failed, and the host check (if
+# any) passed; 1 otherwise; 2 for usage or environment errors. On failure the
+# guest console, QEMU's stderr and the daemon log are printed.
 #
 # Example:
 #   vm-tests/run-vm.sh --daemon /opt/virtiofsd/bin/virtiofsd --device fs \
@@ -327,6 +328,12 @@ if ((verbose)); then
 fi
 
 done_seen() { tr -d '\r' <"$serial_log" | grep -aq 'DAXFSD-DONE rc='; }
+# QEMU has ended but is not reaped yet (kill -0 still succeeds on a zombie).
+qemu_ended() {
+    local st
+    st=$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$qemu_pid/status" 2>/dev/null) || return 0
+    [[ -z $st || $st == Z ]]
+}
 ready_seen() { tr -d '\r' <"$serial_log" | grep -aq 'DAXFSD-READY name='; }
 
 # --host-during: start it (own process group) once the guest is ready.
@@ -379,6 +386,11 @@ while kill -0 "$qemu_pid" 2>/dev/null; do
         daemon_rc=0
         wait "$daemon_pid" || daemon_rc=$?
         daemon_pid=
+        # A daemon that leaves because QEMU died (abort, assertion) is not the culprit:
+        # QEMU's own exit status is collected below.
+        if qemu_ended; then
+            break
+        fi
         if ! done_seen; then
             daemon_died_early=1
             log "daemon exited (status $daemon_rc) while the guest was running"
@@ -430,8 +442,15 @@ if ((${daemon_errors:-0} > 0)); then
     failures+=("daemon logged $daemon_errors ERROR line(s): $(grep -a -m1 -E '^\[[^]]* ERROR ' "$daemon_log")")
 fi
 if ((!timed_out && !daemon_died_early && qemu_rc != 0)); then
-    failures+=("QEMU exited with status $qemu_rc")
+    if ((qemu_rc > 128)); then
+        failures+=("QEMU exited with status $qemu_rc (killed by signal $((qemu_rc - 128)))")
+    else
+        failures+=("QEMU exited with status $qemu_rc")
+    fi
 fi
+# QEMU's own assertions and aborts (e.g. vhost-user's memory slot limit), quoted in the verdict.
+qemu_fatal=$(grep -a -m1 -E 'Assertion .* failed|assertion failed|Aborted|core dumped' "$qemu_log" 2>/dev/null || true)
+[[ -n $qemu_fatal ]] && failures+=("QEMU stderr: $qemu_fatal")
 if [[ -n $host_during ]]; then
     if ((!host_during_started)); then
         failures+=("--host-during never started: the guest printed no DAXFSD-READY line")
