@@ -6,6 +6,7 @@ mod inflight;
 mod mapper;
 mod pool;
 
+use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -18,7 +19,9 @@ use vhost_user_backend::{VhostUserBackend, VringMutex, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{DescriptorChain, QueueOwnedT};
-use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{
+    Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress,
+};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier};
 
@@ -68,7 +71,13 @@ pub struct FsDevice<F: Filesystem + 'static> {
     lock_waiters: Arc<AtomicUsize>,
     dax: Option<Arc<Dax>>,
     link: Mutex<DaxLink>,
+    /// The file behind each memory region seen, by where it is: a region that stays in the
+    /// table is not looked at again.
+    region_files: Mutex<HashMap<RegionKey, Option<dax::FileId>>>,
 }
+
+/// A memory region as the backend mapped it: (guest address, length, host address, file offset).
+type RegionKey = (u64, u64, usize, u64);
 
 /// A failure to start or run the device.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +104,7 @@ impl<F: Filesystem + 'static> FsDevice<F> {
             lock_waiters: Arc::new(AtomicUsize::new(0)),
             dax,
             link: Mutex::new(DaxLink::default()),
+            region_files: Mutex::new(HashMap::new()),
         })
     }
 
@@ -379,8 +389,18 @@ impl<F: Filesystem + 'static> VhostUserBackend for FsDevice<F> {
         if let Some(dax) = &self.dax {
             // QEMU announces each window piece as one more region: the window counts them.
             let started = std::time::Instant::now();
-            let regions: Vec<Option<dax::FileId>> =
-                mem.memory().iter().map(|r| r.file_offset().and_then(|f| file_id(f.file()).ok())).collect();
+            let mut known = self.region_files.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut now = HashMap::with_capacity(known.len() + 1);
+            let guard = mem.memory();
+            for r in guard.iter() {
+                let host = r.get_host_address(MemoryRegionAddress(0)).map_or(0, |p| p as usize);
+                let key = (r.start_addr().0, r.len(), host, r.file_offset().map_or(0, |f| f.start()));
+                let id = known.remove(&key).unwrap_or_else(|| r.file_offset().and_then(|f| file_id(f.file()).ok()));
+                now.insert(key, id);
+            }
+            let regions: Vec<Option<dax::FileId>> = now.values().copied().collect();
+            *known = now;
+            drop(known);
             dax.frontend_regions(&regions, started);
         }
         let mut m = self.mem.write().map_err(|_| io::Error::other("memory lock poisoned"))?;
