@@ -12,7 +12,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use daxfsd::dax::{Dax, DaxError, FileOffset, GuestAccess, InodeId, LeasePolicy, Mapper, WinRange};
+use daxfsd::dax::{Dax, DaxError, FileOffset, InodeId, LeasePolicy, Mapper, WinRange};
 use libfuzzer_sys::fuzz_target;
 
 const PAGE: u64 = 4096;
@@ -197,8 +197,7 @@ fn step(st: &State, ops: &mut Ops<'_>) {
         5 => {
             let size = size_of_file(file) + u64::from(ops.u16()) * 64;
             if truncate(file.as_fd(), size).is_ok() {
-                let guest = if tag & 0x40 != 0 { GuestAccess::Blocked } else { GuestAccess::Live };
-                let _ = st.dax.grow(id, file.as_fd(), guest);
+                let _ = st.dax.grow(id, file.as_fd());
             }
         }
         6 => st.dax.unmap_all(),

@@ -18,7 +18,7 @@ use crate::log_limit::{error_limited, info_limited, warn_limited};
 use log::{debug, info, warn};
 
 pub use self::lease::block_sigio_in_process;
-pub use self::slots::{FileId, SlotStats, max_window_slots};
+pub use self::slots::{FileId, RangeKey, SlotStats, max_window_slots};
 pub use self::window::Table;
 use self::window::{Mapping, Piece, Room};
 
@@ -122,18 +122,6 @@ pub enum LeasePolicy {
     Require,
     /// Map them anyway: another host process truncating them can kill the VM.
     Unprotected,
-}
-
-/// Whether the guest may touch an inode's window pages while a request on the inode runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GuestAccess {
-    /// It may (WRITE, COPY_FILE_RANGE: the guest holds only the inode lock, so its processes'
-    /// mapped accesses go on).
-    Live,
-    /// It cannot: for SETATTR of the size, O_TRUNC and FALLOCATE of a DAX file the guest has
-    /// unmapped the file from its processes and blocks their faults (fuse_dax_break_layouts
-    /// under the invalidate lock), and holds the inode lock against its own read/write.
-    Blocked,
 }
 
 /// A SETUPMAPPING, checked against the window.
@@ -273,10 +261,10 @@ impl Dax {
     }
 
     /// The frontend's memory table changed (SET_MEM_TABLE, ADD_MEM_REG, REM_MEM_REG): per
-    /// region, the file behind it. Regions backed by files the window maps are its pieces
+    /// region, the file range it maps. Regions mapping a piece's range are the window's
     /// (QEMU announces each piece as guest memory); the rest count against the slot budget.
     /// `started`: when the update's handling began (for the summary's timing).
-    pub fn frontend_regions(&self, regions: &[Option<FileId>], started: std::time::Instant) {
+    pub fn frontend_regions(&self, regions: &[Option<RangeKey>], started: std::time::Instant) {
         self.inner.slots.table_changed(regions, started);
     }
 
@@ -358,7 +346,7 @@ impl Dax {
         let _g = st.sem.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         self.inner.cut(inode, file, round_up(new_size, self.inner.align))?;
         let result = op();
-        self.inner.reinstall(inode, file, true)?;
+        self.inner.reinstall(inode, file)?;
         result
     }
 
@@ -372,22 +360,21 @@ impl Dax {
         let _g = st.sem.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Ok(true) = self.inner.leases.ensure(inode, file) {
             self.inner.unrevoke(inode);
-            if let Err(e) = self.inner.reinstall(inode, file.as_fd(), false) {
+            if let Err(e) = self.inner.reinstall(inode, file.as_fd()) {
                 warn_limited!("cannot re-install inode {}: {e}", inode.0);
             }
         }
     }
 
     /// After an operation that may have grown the file: re-install cut slots (I3) before the
-    /// reply tells the guest the new size. `guest` says whether the guest may be touching the
-    /// inode's window pages meanwhile (it decides whether pieces may be merged).
-    pub fn grow(&self, inode: InodeId, file: BorrowedFd<'_>, guest: GuestAccess) -> io::Result<()> {
+    /// reply tells the guest the new size.
+    pub fn grow(&self, inode: InodeId, file: BorrowedFd<'_>) -> io::Result<()> {
         if !self.inner.table_has_cut(inode) {
             return Ok(());
         }
         let st = self.inner.inode(inode);
         let _g = st.sem.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.inner.reinstall(inode, file, guest == GuestAccess::Blocked).map_err(io::Error::from)
+        self.inner.reinstall(inode, file).map_err(io::Error::from)
     }
 
     /// I6 after a punch: ranges of writable mappings that became sparse are allocated again.
@@ -484,7 +471,7 @@ impl Inner {
             Ok(true) => {
                 // The file is stable again after a lease break: re-install to EOF first.
                 self.unrevoke(inode);
-                self.reinstall(inode, file.as_fd(), false)?;
+                self.reinstall(inode, file.as_fd())?;
             }
             Err(e) if self.policy == LeasePolicy::Require => return Err(DaxError::Unprotected(e)),
             Err(e) => debug!("mapping inode {} without a lease: {e}", inode.0),
@@ -588,9 +575,8 @@ impl Inner {
         self.padded(file, |_| t.cut(inode, cut, &*mapper))
     }
 
-    /// Installs every mapping of `inode` up to the page holding the current EOF (I3, I4, I5);
-    /// `quiet`: the guest cannot touch the inode's pages meanwhile, so pieces merge.
-    fn reinstall(&self, inode: InodeId, file: BorrowedFd<'_>, quiet: bool) -> Result<(), DaxError> {
+    /// Installs every mapping of `inode` up to the page holding the current EOF (I3, I4, I5).
+    fn reinstall(&self, inode: InodeId, file: BorrowedFd<'_>) -> Result<(), DaxError> {
         let Ok(mapper) = self.mapper() else { return Ok(()) };
         let mut t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let eof = sys::file_size(file).map_err(DaxError::Host)?;
@@ -598,7 +584,7 @@ impl Inner {
             return Ok(());
         }
         let room = self.room();
-        match self.padded(file, |valid_end| t.fill(inode, valid_end, &*mapper, room, quiet)) {
+        match self.padded(file, |valid_end| t.fill(inode, valid_end, &*mapper, room)) {
             Ok(merged) => {
                 (0..merged).for_each(|_| self.slots.note_merge());
                 Ok(())
@@ -626,7 +612,7 @@ impl Inner {
         let mean = |total: u64, n: u64| total.checked_div(n).unwrap_or(0);
         info!(
             "DAX window: peak {} pieces, peak {} frontend memory regions ({} not ours), budget {} of {} slots; \
-             {} maps (mean {} us, max {} us), {} unmaps (mean {} us), {} memory-table updates (mean {} us to classify), {} merges, {} refusals",
+             {} maps (mean {} us, max {} us), {} unmaps (mean {} us), {} memory-table updates (mean {} us to classify), {} merges, {} refusals, {} late announcements",
             s.peak_pieces,
             s.peak_regions,
             s.peak_others,
@@ -641,6 +627,7 @@ impl Inner {
             mean(s.table_micros, s.table_updates),
             s.merges,
             s.refusals,
+            s.late_announcements,
         );
     }
 
@@ -681,7 +668,7 @@ impl Inner {
         let st = self.inode(inode);
         let _g = st.sem.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         self.unrevoke(inode);
-        match self.reinstall(inode, file, false) {
+        match self.reinstall(inode, file) {
             Ok(()) => true,
             Err(e) => {
                 warn!("cannot re-install inode {} after a lease break: {e}", inode.0);

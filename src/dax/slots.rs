@@ -1,13 +1,18 @@
 //! The frontend's memory slots. QEMU 11.1 turns every installed piece into one more vhost
 //! memory region (of this device and every other vhost device) and aborts once it tracks more
 //! than VHOST_USER_MAX_RAM_SLOTS, so the window counts the regions the frontend gave us, tells
-//! our own pieces apart from the rest (guest RAM, other devices' memory) by the file behind
-//! them, and says how many pieces may be installed at most.
+//! our own pieces apart from the rest (guest RAM, other devices' memory) by file, offset and
+//! length, and says how many pieces may be installed at most. QEMU also answers a SHMEM_MAP
+//! before the new region is in the guest's address space (it commits the memory transaction
+//! after its reply, then announces the region to every vhost backend), so a map is complete
+//! only once its region is announced: `Counting` waits for that.
 
 use std::collections::HashMap;
 use std::os::fd::BorrowedFd;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use log::info;
 
 use super::{DaxError, FileOffset, Mapper, WinRange};
 
@@ -25,21 +30,35 @@ pub const ASSUMED_FRONTEND_REGIONS: usize = 16;
 /// A file as the kernel knows it: (st_dev, st_ino).
 pub type FileId = (u64, u64);
 
+/// A file range as a piece or a memory region maps it: (file, file offset, length).
+pub type RangeKey = (FileId, u64, u64);
+
+/// How long a map waits for its region to be announced, once the frontend has announced one
+/// (QEMU under TCG with 400 regions takes about 10 ms per map).
+const ANNOUNCE_WAIT: Duration = Duration::from_secs(1);
+
 /// The memory-slot budget of one window.
 pub struct Slots {
     /// Slots pieces and the frontend's own regions may use together.
     limit: usize,
     state: Mutex<State>,
+    /// Signalled at every memory-table update.
+    announced: Condvar,
 }
 
 #[derive(Default)]
 struct State {
-    /// Pieces being installed or installed, per file: regions backed by these files are ours.
-    ours: HashMap<FileId, usize>,
-    /// Installed pieces by window start, and the file behind each.
-    pieces: HashMap<u64, FileId>,
+    /// Pieces being installed or installed, per file range: regions mapping these are ours.
+    ours: HashMap<RangeKey, usize>,
+    /// Installed pieces by window start, and the file range behind each.
+    pieces: HashMap<u64, RangeKey>,
     /// Regions of the last memory table that are not our pieces.
     others: usize,
+    /// File-backed regions of the last memory table, per file range.
+    regions: HashMap<RangeKey, usize>,
+    /// This connection's frontend has announced a piece as a region (QEMU does): from then on
+    /// every map waits for its announcement.
+    announces: bool,
     stats: SlotStats,
 }
 
@@ -57,16 +76,22 @@ pub struct SlotStats {
     pub table_updates: u64,
     /// Time spent classifying the regions of those updates.
     pub table_micros: u64,
-    /// Growths that merged pieces instead of adding one (the budget or a quiet guest).
+    /// Growths that merged pieces instead of adding one (no slot left for growth).
     pub merges: u64,
     /// SETUPMAPPINGs or re-installs refused because no slot was left.
     pub refusals: u64,
+    /// Maps whose region the frontend did not announce in time.
+    pub late_announcements: u64,
 }
 
 impl Slots {
     /// A budget that keeps `reserved` of the frontend's slots free (memory hotplug).
     pub fn new(reserved: usize) -> Slots {
-        Slots { limit: max_slots().saturating_sub(reserved), state: Mutex::new(State::default()) }
+        Slots {
+            limit: max_slots().saturating_sub(reserved),
+            state: Mutex::new(State::default()),
+            announced: Condvar::new(),
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -78,17 +103,50 @@ impl Slots {
         self.limit.saturating_sub(self.state().others)
     }
 
-    /// The frontend's memory table changed: `regions` holds, per region, the file behind it
-    /// (None when it has none or it cannot be identified: counted as the frontend's own).
-    pub fn table_changed(&self, regions: &[Option<FileId>], started: Instant) {
+    /// The frontend's memory table changed: `regions` holds, per region, the file range it
+    /// maps (None when it has no file or it cannot be identified: the frontend's own).
+    pub fn table_changed(&self, regions: &[Option<RangeKey>], started: Instant) {
         let mut s = self.state();
-        let others = regions.iter().filter(|r| r.is_none_or(|id| !s.ours.contains_key(&id))).count();
+        let others = regions.iter().filter(|r| r.is_none_or(|k| !s.ours.contains_key(&k))).count();
         s.others = others;
+        s.regions.clear();
+        for k in regions.iter().flatten() {
+            *s.regions.entry(*k).or_default() += 1;
+        }
+        if !s.announces && others < regions.len() {
+            info!("the frontend announces window pieces as memory regions: maps wait for them");
+            s.announces = true;
+        }
         s.stats.table_updates += 1;
         let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         s.stats.table_micros = s.stats.table_micros.saturating_add(us);
         s.stats.peak_regions = s.stats.peak_regions.max(regions.len());
         s.stats.peak_others = s.stats.peak_others.max(others);
+        drop(s);
+        self.announced.notify_all();
+    }
+
+    /// After the frontend acknowledged a map of `key`: on a frontend that announces pieces,
+    /// waits until the memory table holds as many regions of `key` as the window has pieces of
+    /// it, so the guest can reach the piece once the caller replies. (A connection's first
+    /// map cannot know yet; it does not wait.)
+    fn await_region(&self, key: RangeKey) {
+        let mut s = self.state();
+        if !s.announces {
+            return;
+        }
+        let deadline = Instant::now() + ANNOUNCE_WAIT;
+        loop {
+            let want = s.ours.get(&key).copied().unwrap_or(0);
+            if s.regions.get(&key).copied().unwrap_or(0) >= want {
+                return;
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else { break };
+            s = self.announced.wait_timeout(s, left).unwrap_or_else(PoisonError::into_inner).0;
+        }
+        s.stats.late_announcements += 1;
+        drop(s);
+        crate::log_limit::warn_limited!("a piece's memory region was not announced within {ANNOUNCE_WAIT:?}");
     }
 
     /// The frontend dropped every piece by itself (reset, disconnect).
@@ -101,7 +159,10 @@ impl Slots {
     /// The frontend is gone: its regions went with it.
     pub fn forget_frontend(&self) {
         self.forget_pieces();
-        self.state().others = 0;
+        let mut s = self.state();
+        s.others = 0;
+        s.regions.clear();
+        s.announces = false;
     }
 
     pub fn note_merge(&self) {
@@ -124,11 +185,11 @@ impl Slots {
         Counting { slots: Arc::clone(self), mapper }
     }
 
-    fn begin_map(&self, id: FileId) {
+    fn begin_map(&self, id: RangeKey) {
         *self.state().ours.entry(id).or_default() += 1;
     }
 
-    fn end_map(&self, id: FileId, start: u64, ok: bool, started: Instant) {
+    fn end_map(&self, id: RangeKey, start: u64, ok: bool, started: Instant) {
         let mut s = self.state();
         let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         s.stats.maps += 1;
@@ -155,7 +216,7 @@ impl Slots {
     }
 }
 
-fn release(ours: &mut HashMap<FileId, usize>, id: FileId) {
+fn release(ours: &mut HashMap<RangeKey, usize>, id: RangeKey) {
     if let Some(n) = ours.get_mut(&id) {
         *n -= 1;
         if *n == 0 {
@@ -184,11 +245,14 @@ pub struct Counting {
 
 impl Mapper for Counting {
     fn map(&self, range: WinRange, fd: BorrowedFd<'_>, foffset: FileOffset, writable: bool) -> Result<(), DaxError> {
-        let id = super::sys::file_id(fd).map_err(DaxError::Host)?;
-        self.slots.begin_map(id);
+        let key = (super::sys::file_id(fd).map_err(DaxError::Host)?, foffset.0, range.len);
+        self.slots.begin_map(key);
         let t = Instant::now();
         let r = self.mapper.map(range, fd, foffset, writable);
-        self.slots.end_map(id, range.start.0, r.is_ok(), t);
+        if r.is_ok() {
+            self.slots.await_region(key);
+        }
+        self.slots.end_map(key, range.start.0, r.is_ok(), t);
         r
     }
 
@@ -224,18 +288,31 @@ mod tests {
         let id = crate::dax::sys::file_id(fd).unwrap();
         let m = slots.counting(Arc::new(Null));
         let r = |i: u64| WinRange { start: WinOffset(i << 21), len: 4096 };
+        // The frontend has announced nothing: no map waits.
+        let t = Instant::now();
         m.map(r(0), fd, FileOffset(0), false).unwrap();
         m.map(r(1), fd, FileOffset(0), false).unwrap();
+        assert!(t.elapsed() < ANNOUNCE_WAIT);
         // Guest RAM (no file, or another file) plus our two pieces, as QEMU announces them.
-        slots.table_changed(&[None, Some((1, 2)), Some(id), Some(id)], Instant::now());
+        let ours = Some((id, 0, 4096));
+        slots.table_changed(&[None, Some(((1, 2), 0, 4096)), ours, ours], Instant::now());
         assert_eq!(slots.cap(), 498);
+        // Another range of the same file is not ours.
+        slots.table_changed(&[None, Some(((1, 2), 0, 4096)), ours, ours, Some((id, 4096, 4096))], Instant::now());
+        assert_eq!(slots.cap(), 497);
+        // Now it has: a map waits for its region, here in vain (counted), for a bounded time.
+        let t = Instant::now();
+        m.map(r(2), fd, FileOffset(8192), false).unwrap();
+        assert!(t.elapsed() >= ANNOUNCE_WAIT);
+        m.unmap(r(2)).unwrap();
         m.unmap(r(0)).unwrap();
         m.unmap(r(1)).unwrap();
-        // Once unmapped, a region of that file is the frontend's again.
-        slots.table_changed(&[None, Some(id)], Instant::now());
+        // Once unmapped, a region of that range is the frontend's again.
+        slots.table_changed(&[None, ours], Instant::now());
         assert_eq!(slots.cap(), 498);
         let st = slots.take_stats();
-        assert_eq!((st.peak_pieces, st.peak_regions, st.maps, st.unmaps, st.table_updates), (2, 4, 2, 2, 2));
+        assert_eq!((st.peak_pieces, st.peak_regions, st.maps, st.unmaps, st.table_updates), (3, 5, 3, 3, 3));
+        assert_eq!(st.late_announcements, 1);
     }
 
     #[test]

@@ -73,7 +73,7 @@ pub struct FsDevice<F: Filesystem + 'static> {
     link: Mutex<DaxLink>,
     /// The file behind each memory region seen, by where it is: a region that stays in the
     /// table is not looked at again.
-    region_files: Mutex<HashMap<RegionKey, Option<dax::FileId>>>,
+    region_files: Mutex<HashMap<RegionKey, Option<dax::RangeKey>>>,
 }
 
 /// A memory region as the backend mapped it: (guest address, length, host address, file offset).
@@ -395,10 +395,12 @@ impl<F: Filesystem + 'static> VhostUserBackend for FsDevice<F> {
             for r in guard.iter() {
                 let host = r.get_host_address(MemoryRegionAddress(0)).map_or(0, |p| p as usize);
                 let key = (r.start_addr().0, r.len(), host, r.file_offset().map_or(0, |f| f.start()));
-                let id = known.remove(&key).unwrap_or_else(|| r.file_offset().and_then(|f| file_id(f.file()).ok()));
+                let id = known.remove(&key).unwrap_or_else(|| {
+                    r.file_offset().and_then(|f| file_id(f.file()).ok().map(|id| (id, f.start(), r.len())))
+                });
                 now.insert(key, id);
             }
-            let regions: Vec<Option<dax::FileId>> = now.values().copied().collect();
+            let regions: Vec<Option<dax::RangeKey>> = now.values().copied().collect();
             *known = now;
             drop(known);
             dax.frontend_regions(&regions, started);

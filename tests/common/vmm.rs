@@ -686,7 +686,9 @@ impl Window {
         }
         let piece =
             Piece { shm_offset: start, len, fd_offset: req.fd_offset, writable, dev: meta.dev(), ino: meta.ino() };
-        // QEMU 11.1 announces the new RAM region to the backend before it answers the map.
+        // QEMU 11.1 announces the new RAM region to the backend right after it answered the map
+        // (it commits the memory transaction after its reply); announcing it just before the
+        // answer keeps this frontend single-threaded, and a backend must cope with both orders.
         if let Some(fe) = st.mirror.as_mut() {
             let region = self.region_of(start, len, req.fd_offset, fd);
             if let Err(e) = fe.add_mem_region(&region) {

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use super::inodes::{DaxFile, Inode};
 use super::quota::FdPermit;
 use super::{Passthrough, errno};
-use crate::dax::{Dax, GuestAccess, InodeId};
+use crate::dax::{Dax, InodeId};
 use crate::fs::{DaxMode, NodeId, SetupMapping, sys};
 
 const FLAG_WRITE: u64 = 1 << 0;
@@ -110,7 +110,7 @@ impl Passthrough {
         let Some(dax) = self.dax_session() else { return sys::ftruncate(file, size) };
         let id = InodeId(inode.nodeid.0);
         dax.shrink(id, file, size, || sys::ftruncate(file, size))?;
-        dax.grow(id, file, GuestAccess::Blocked)
+        dax.grow(id, file)
     }
 
     /// fallocate on a DAX inode, by mode: see DESIGN.md I4 and I6.
@@ -137,11 +137,7 @@ impl Passthrough {
         } else {
             dax.shared(id, op)?;
         }
-        // The guest blocks access to the file for every fallocate that can change its size or
-        // drop blocks (fuse_file_fallocate's block_faults); KEEP_SIZE alone runs beside it.
-        let blocked = mode & libc::FALLOC_FL_KEEP_SIZE == 0
-            || mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0;
-        dax.grow(id, file, if blocked { GuestAccess::Blocked } else { GuestAccess::Live })
+        dax.grow(id, file)
     }
 
     /// A WRITE to a DAX inode: held shared against shrinks (the write barrier), then grown (I3).
@@ -153,7 +149,7 @@ impl Passthrough {
         let id = InodeId(inode.nodeid.0);
         dax.touch(id, &file);
         let r = dax.shared(id, op)?;
-        dax.grow(id, file.as_fd(), GuestAccess::Live)?;
+        dax.grow(id, file.as_fd())?;
         Ok(r)
     }
 
