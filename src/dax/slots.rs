@@ -33,8 +33,8 @@ pub type FileId = (u64, u64);
 /// A file range as a piece or a memory region maps it: (file, file offset, length).
 pub type RangeKey = (FileId, u64, u64);
 
-/// How long a map waits for its region to be announced, once the frontend has announced one
-/// (QEMU under TCG with 400 regions takes about 10 ms per map).
+/// How long a map (unmap) waits for its region to be announced (withdrawn), once the frontend
+/// has announced a piece (QEMU 11.1 under TCG with 400 regions: tens of ms).
 const ANNOUNCE_WAIT: Duration = Duration::from_secs(1);
 
 /// The memory-slot budget of one window.
@@ -131,14 +131,26 @@ impl Slots {
     /// it, so the guest can reach the piece once the caller replies. (A connection's first
     /// map cannot know yet; it does not wait.)
     fn await_region(&self, key: RangeKey) {
+        self.await_table(key, |regions, ours| regions >= ours);
+    }
+
+    /// After the frontend acknowledged an unmap of `key` (the window's count already lowered):
+    /// likewise waits until the memory table no longer holds the region, so the guest cannot
+    /// reach the file through it once the caller goes on (to a truncate, say).
+    fn await_region_gone(&self, key: RangeKey) {
+        self.await_table(key, |regions, ours| regions <= ours);
+    }
+
+    /// Waits (bounded) until `done(regions of key in the table, pieces of key)` holds.
+    fn await_table(&self, key: RangeKey, done: impl Fn(usize, usize) -> bool) {
         let mut s = self.state();
         if !s.announces {
             return;
         }
         let deadline = Instant::now() + ANNOUNCE_WAIT;
         loop {
-            let want = s.ours.get(&key).copied().unwrap_or(0);
-            if s.regions.get(&key).copied().unwrap_or(0) >= want {
+            let ours = s.ours.get(&key).copied().unwrap_or(0);
+            if done(s.regions.get(&key).copied().unwrap_or(0), ours) {
                 return;
             }
             let Some(left) = deadline.checked_duration_since(Instant::now()) else { break };
@@ -146,7 +158,9 @@ impl Slots {
         }
         s.stats.late_announcements += 1;
         drop(s);
-        crate::log_limit::warn_limited!("a piece's memory region was not announced within {ANNOUNCE_WAIT:?}");
+        crate::log_limit::warn_limited!(
+            "the frontend did not announce a piece's region change within {ANNOUNCE_WAIT:?}"
+        );
     }
 
     /// The frontend dropped every piece by itself (reset, disconnect).
@@ -205,14 +219,17 @@ impl Slots {
         }
     }
 
-    fn end_unmap(&self, start: u64, ok: bool, started: Instant) {
+    /// Returns the file range the unmapped piece had.
+    fn end_unmap(&self, start: u64, ok: bool, started: Instant) -> Option<RangeKey> {
         let mut s = self.state();
         s.stats.unmaps += 1;
         let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         s.stats.unmap_micros = s.stats.unmap_micros.saturating_add(us);
-        if ok && let Some(id) = s.pieces.remove(&start) {
-            release(&mut s.ours, id);
+        let key = if ok { s.pieces.remove(&start) } else { None };
+        if let Some(key) = key {
+            release(&mut s.ours, key);
         }
+        key
     }
 }
 
@@ -259,7 +276,9 @@ impl Mapper for Counting {
     fn unmap(&self, range: WinRange) -> Result<(), DaxError> {
         let t = Instant::now();
         let r = self.mapper.unmap(range);
-        self.slots.end_unmap(range.start.0, r.is_ok(), t);
+        if let Some(key) = self.slots.end_unmap(range.start.0, r.is_ok(), t) {
+            self.slots.await_region_gone(key);
+        }
         r
     }
 }
@@ -305,13 +324,18 @@ mod tests {
         m.map(r(2), fd, FileOffset(8192), false).unwrap();
         assert!(t.elapsed() >= ANNOUNCE_WAIT);
         m.unmap(r(2)).unwrap();
+        // Unmaps wait until the region is withdrawn: here it already is, so they do not.
+        let t = Instant::now();
+        slots.table_changed(&[None, ours], Instant::now());
         m.unmap(r(0)).unwrap();
+        slots.table_changed(&[None], Instant::now());
         m.unmap(r(1)).unwrap();
+        assert!(t.elapsed() < ANNOUNCE_WAIT);
         // Once unmapped, a region of that range is the frontend's again.
         slots.table_changed(&[None, ours], Instant::now());
         assert_eq!(slots.cap(), 498);
         let st = slots.take_stats();
-        assert_eq!((st.peak_pieces, st.peak_regions, st.maps, st.unmaps, st.table_updates), (3, 5, 3, 3, 3));
+        assert_eq!((st.peak_pieces, st.peak_regions, st.maps, st.unmaps, st.table_updates), (3, 5, 3, 3, 5));
         assert_eq!(st.late_announcements, 1);
     }
 
