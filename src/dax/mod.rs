@@ -18,7 +18,7 @@ use crate::log_limit::{error_limited, info_limited, warn_limited};
 use log::{debug, info, warn};
 
 pub use self::lease::block_sigio_in_process;
-pub use self::slots::{FileId, RangeKey, SlotStats, max_window_slots};
+pub use self::slots::{FileId, RangeKey, max_window_slots};
 pub use self::window::Table;
 use self::window::{Mapping, Piece, Room};
 
@@ -266,11 +266,6 @@ impl Dax {
     /// `started`: when the update's handling began (for the summary's timing).
     pub fn frontend_regions(&self, regions: &[Option<RangeKey>], started: std::time::Instant) {
         self.inner.slots.table_changed(regions, started);
-    }
-
-    /// What the window did with the frontend's memory slots since the last call.
-    pub fn take_slot_stats(&self) -> SlotStats {
-        self.inner.slots.take_stats()
     }
 
     /// This connection's frontend cannot be watched (I5's wait would be blind): every
@@ -586,7 +581,7 @@ impl Inner {
         let room = self.room();
         match self.padded(file, |valid_end| t.fill(inode, valid_end, &*mapper, room)) {
             Ok(merged) => {
-                (0..merged).for_each(|_| self.slots.note_merge());
+                self.slots.note_merges(merged);
                 Ok(())
             }
             Err(DaxError::NoSlots) => {

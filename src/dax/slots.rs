@@ -62,7 +62,7 @@ struct State {
     stats: SlotStats,
 }
 
-/// What the window did with the slots since the last `take_stats`.
+/// What the window did with the slots since the last `take_stats` (the `DAX window:` line).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SlotStats {
     pub peak_pieces: usize,
@@ -179,8 +179,8 @@ impl Slots {
         s.announces = false;
     }
 
-    pub fn note_merge(&self) {
-        self.state().stats.merges += 1;
+    pub fn note_merges(&self, n: usize) {
+        self.state().stats.merges += n as u64;
     }
 
     pub fn note_refusal(&self) {
