@@ -31,7 +31,7 @@ use crate::fuse::Server;
 use crate::fuse::abi::{InHeader, Opcode};
 use crate::fuse::chain::{GuestMem, Reader, Writer};
 use crate::log_limit::{info_limited, warn_limited};
-use inflight::{Inflight, Refused};
+use inflight::{Claim, Inflight, Refused};
 pub use pool::prepare_worker_thread;
 
 /// Length of the virtio-fs config space: tag[36] + le32 num_request_queues.
@@ -202,13 +202,13 @@ impl<F: Filesystem + 'static> FsDevice<F> {
             warn_limited!("chain {head} on unknown queue {qidx} dropped");
             return;
         };
-        if let Err(why) = inflight.claim(head) {
-            match why {
-                Refused::InFlight => warn_limited!("queue {qidx}: chain {head} is already in flight; dropped"),
-                Refused::OutOfRange => warn_limited!("queue {qidx}: chain head {head} is past the queue; dropped"),
+        let claim = match inflight.claim(head) {
+            Ok(c) => c,
+            Err(Refused::InFlight) => return warn_limited!("queue {qidx}: chain {head} is already in flight; dropped"),
+            Err(Refused::OutOfRange) => {
+                return warn_limited!("queue {qidx}: chain head {head} is past the queue; dropped");
             }
-            return;
-        }
+        };
         let blocking = peek_opcode(&mem, &chain) == Some(Opcode::Setlkw as u32);
         // SETLKW may wait forever for another owner: never let it hold a pool worker. Past
         // MAX_LOCK_WAITERS it is answered ENOLCK at once, so a guest cannot wedge the pool.
@@ -222,8 +222,8 @@ impl<F: Filesystem + 'static> FsDevice<F> {
         };
         let server = Arc::clone(&self.server);
         let job: pool::Job = Box::new(move || {
-            complete(&server, &vring, &mem, &inflight, chain, run);
-            inflight.finished();
+            complete(&server, &vring, &mem, &inflight, claim, chain, run);
+            inflight.finished(claim);
         });
         let job = if blocking && !refuse { self.spawn_lock_waiter(job) } else { Some(job) };
         if let Some(job) = job {
@@ -289,32 +289,43 @@ fn peek_opcode(mem: &GuestMem, chain: &Chain) -> Option<u32> {
     r.read_obj::<InHeader>().ok().map(|h| h.opcode)
 }
 
-/// Runs one request and puts its chain in the used ring, signalling the guest if it wants.
+/// Runs one request and puts its chain in the used ring, signalling the guest if it wants;
+/// if its queue was stopped meanwhile (GET_VRING_BASE gave up waiting), neither: the ring and
+/// the guest's buffers are the frontend's again.
 fn complete<F: Filesystem>(
     server: &Server<F>,
     vring: &VringMutex<GuestMemoryAtomic<GuestMem>>,
     mem: &GuestMem,
     inflight: &Inflight,
+    claim: Claim,
     chain: Chain,
     run: RunOn,
 ) {
-    let head = chain.head_index();
-    let used = match (Reader::new(mem, chain.clone()), Writer::new(mem, chain)) {
+    let head = claim.head();
+    let gate = || inflight.gate(claim);
+    let (used, gate) = match (Reader::new(mem, chain.clone()), Writer::new(mem, chain)) {
         (Ok(mut r), Ok(mut w)) => match run {
-            RunOn::Refused(errno) => server.refuse(&mut r, &mut w, errno),
-            RunOn::Pool => server.handle(&mut r, &mut w, false),
-            RunOn::LockWaiter => server.handle(&mut r, &mut w, true),
+            RunOn::Refused(errno) => {
+                let g = gate();
+                (g.as_ref().map_or(0, |_| server.refuse(&mut r, &mut w, errno)), g)
+            }
+            RunOn::Pool => server.handle_gated(&mut r, &mut w, false, gate),
+            RunOn::LockWaiter => server.handle_gated(&mut r, &mut w, true, gate),
         },
         (Err(e), _) | (_, Err(e)) => {
             warn_limited!("unusable descriptor chain {head}: {e}");
-            0
+            (0, gate())
         }
+    };
+    let Some(gate) = gate else {
+        warn_limited!("chain {head} finished after its queue stopped; not returned to the used ring");
+        return;
     };
     let used = u32::try_from(used).unwrap_or(0);
     let mut state = vring.get_mut();
     // Under the vring lock, so the queue's thread cannot pop the guest's next use of the head
     // before it is free again; before add_used, so the guest cannot reuse it earlier either.
-    inflight.release_head(head);
+    inflight.release_head(claim, &gate);
     if let Err(e) = state.add_used(head, used) {
         warn_limited!("cannot return chain {head} to the used ring: {e}");
         return;
@@ -432,9 +443,12 @@ impl<F: Filesystem + 'static> VhostUserBackend for FsDevice<F> {
             return Ok(());
         };
         // Bounded: a request blocked on a lock must not wedge the frontend forever.
-        let left = inflight.wait_idle(Duration::from_secs(5));
+        // Requests still running then are abandoned: none may write a reply or the used ring
+        // once the frontend has the ring back, and their heads are free for the next start.
+        inflight.wait_idle(Duration::from_secs(5));
+        let left = inflight.stop();
         if left > 0 {
-            warn_limited!("queue {queue_index} stopped with {left} requests still running");
+            warn_limited!("queue {queue_index} stopped with {left} requests still running; they get no reply");
         }
         Ok(())
     }

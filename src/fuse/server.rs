@@ -115,16 +115,34 @@ impl<F: Filesystem> Server<F> {
     /// lock-waiter threads, so the guest changed the request after the device looked) is
     /// answered ENOLCK rather than left to wait in the worker.
     pub fn handle(&self, r: &mut Reader<'_>, w: &mut Writer<'_>, may_block: bool) -> usize {
+        self.handle_gated(r, w, may_block, || Some(())).0
+    }
+
+    /// `handle`, with the reply written only once `gate` gave a guard (returned with the used
+    /// length, for the caller to hold until the request is in the used ring): a request that
+    /// ran while its queue was stopped (None) writes nothing.
+    pub fn handle_gated<G>(
+        &self,
+        r: &mut Reader<'_>,
+        w: &mut Writer<'_>,
+        may_block: bool,
+        gate: impl FnOnce() -> Option<G>,
+    ) -> (usize, Option<G>) {
         let Ok(hdr) = r.read_obj::<InHeader>() else {
             warn_limited!("request without a readable header ({} bytes); returned empty", r.available());
-            return 0;
+            return (0, gate());
         };
         if hdr.opcode == Opcode::Setlkw as u32 && !may_block {
             warn_limited!("SETLKW (unique {}) on a pool worker; answering ENOLCK", hdr.unique);
-            return write_reply(w, hdr.unique, -libc::ENOLCK, &[]);
+            let g = gate();
+            return (g.as_ref().map_or(0, |_| write_reply(w, hdr.unique, -libc::ENOLCK, &[])), g);
         }
         let result = self.decode_and_run(hdr, r, w);
-        match result {
+        let Some(g) = gate() else {
+            debug!("op {} unique {}: its queue stopped meanwhile; no reply", hdr.opcode, hdr.unique);
+            return (0, None);
+        };
+        let used = match result {
             Ok(Reply::None) => 0,
             Ok(Reply::Done(n)) => n,
             Ok(Reply::Ok(payload)) => write_reply(w, hdr.unique, 0, &payload),
@@ -136,7 +154,8 @@ impl<F: Filesystem> Server<F> {
                 warn_limited!("malformed request (op {} unique {}): {e}", hdr.opcode, hdr.unique);
                 write_reply(w, hdr.unique, -libc::EINVAL, &[])
             }
-        }
+        };
+        (used, Some(g))
     }
 
     /// Answers a request with `errno` without running it (the device had no room to run it:

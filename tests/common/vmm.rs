@@ -1085,6 +1085,17 @@ impl Vmm {
         q.kick.write(1)
     }
 
+    /// The device's used index of `queue`, as the guest would read it.
+    pub fn used_idx(&self, queue: usize) -> io::Result<u16> {
+        self.queue(queue)?.ring.used_idx(&self.guest.mem)
+    }
+
+    /// GET_VRING_BASE on one queue (the frontend stops it); returns its next avail index.
+    pub fn stop_queue(&self, queue: usize) -> io::Result<u32> {
+        let dog = Watchdog::arm(&self.sock, self.timeout)?;
+        dog.check("GET_VRING_BASE", self.frontend.get_vring_base(queue))
+    }
+
     /// Re-publishes the head of the still-in-flight `ticket` `times` times (see
     /// `Virtqueue::republish`); needs EVENT_IDX.
     pub fn republish(&self, ticket: &Ticket, times: usize) -> io::Result<()> {
