@@ -222,7 +222,7 @@ impl<F: Filesystem + 'static> FsDevice<F> {
         };
         let server = Arc::clone(&self.server);
         let job: pool::Job = Box::new(move || {
-            complete(&server, &vring, &mem, &inflight, claim, chain, run);
+            complete(&server, &vring, &inflight, claim, chain, run);
             inflight.finished(claim);
         });
         let job = if blocking && !refuse { self.spawn_lock_waiter(job) } else { Some(job) };
@@ -295,13 +295,14 @@ fn peek_opcode(mem: &GuestMem, chain: &Chain) -> Option<u32> {
 fn complete<F: Filesystem>(
     server: &Server<F>,
     vring: &VringMutex<GuestMemoryAtomic<GuestMem>>,
-    mem: &GuestMem,
     inflight: &Inflight,
     claim: Claim,
     chain: Chain,
     run: RunOn,
 ) {
     let head = claim.head();
+    let held = chain.clone();
+    let mem = held.memory();
     let gate = || inflight.gate(claim);
     let (used, gate) = match (Reader::new(mem, chain.clone()), Writer::new(mem, chain)) {
         (Ok(mut r), Ok(mut w)) => match run {
