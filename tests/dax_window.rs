@@ -681,3 +681,43 @@ fn device_reset_forgets_every_mapping_without_unmaps() {
     assert_eq!(after.len(), 2);
     assert_eq!(c.vmm.window().read(4 * MB2, 8192).unwrap(), pattern_bytes(6, 0, 8192));
 }
+
+/// I5 holds for the daemon's own opens: a CREATE (without O_EXCL) of a name whose file is
+/// mapped reuses the inode's shared file instead of opening it again, which would break the
+/// daemon's own lease and revoke the guest's mappings.
+#[test]
+fn create_of_a_mapped_existing_name_keeps_its_mappings() {
+    let (d, mut c) = dax_daemon();
+    let (_n, _fh) = mapped_file(&c, "f", 1 << 20);
+    assert_eq!(c.vmm.window().pieces().len(), 1);
+    let (e, fh2) = c.create(1, "f", libc::O_RDWR | libc::O_CREAT, 0o644).unwrap();
+    assert_eq!(e.attr.size, 1 << 20);
+    assert_eq!(c.vmm.window().pieces().len(), 1, "the CREATE revoked the mapping:\n{}", d.log());
+    assert!(!d.log().contains("lease break"), "the CREATE broke the daemon's own lease:\n{}", d.log());
+    // The handle works, and a CREATE still checks the caller's permission on what it opens.
+    c.write(e.nodeid, fh2, 0, b"same").unwrap();
+    assert_eq!(c.vmm.window().read(0, 4).unwrap(), b"same");
+    std::fs::set_permissions(d.path("f"), std::os::unix::fs::PermissionsExt::from_mode(0o444)).unwrap();
+    (c.uid, c.gid) = (65534, 65534);
+    assert_eq!(c.create(1, "f", libc::O_RDWR | libc::O_CREAT, 0o644).unwrap_err(), libc::EACCES);
+}
+
+/// A lease is held only while the file is mapped (I5): a SETUPMAPPING that displaces another
+/// file's last mapping releases that file's lease, so host openers of it no longer wait on a
+/// break for nothing.
+#[test]
+fn a_displaced_files_lease_is_released() {
+    let (d, c) = dax_daemon();
+    let (a, fa) = c.create(1, "a", libc::O_RDWR | libc::O_CREAT, 0o644).unwrap();
+    write_all(&c, a.nodeid, fa, 0, b"aaaa");
+    c.setupmapping(a.nodeid, 0, MB2, RW, 0).unwrap();
+    let (b, fb) = c.create(1, "b", libc::O_RDWR | libc::O_CREAT, 0o644).unwrap();
+    write_all(&c, b.nodeid, fb, 0, b"bbbb");
+    // b's mapping replaces a's, a's only one.
+    c.setupmapping(b.nodeid, 0, MB2, RW, 0).unwrap();
+    assert_eq!(c.vmm.window().read(0, 4).unwrap(), b"bbbb");
+    // A host open of a breaks nothing now: no revoke of a (it has nothing mapped).
+    drop(std::fs::OpenOptions::new().write(true).open(d.path("a")).unwrap());
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(!d.log().contains("lease break on inode"), "a's lease was still held:\n{}", d.log());
+}

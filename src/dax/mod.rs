@@ -393,10 +393,15 @@ impl Dax {
     }
 
     /// Drops the state of an inode the filesystem forgot (its mappings stay until removed).
+    /// Kept while another thread holds it: a second semaphore for the same inode would let a
+    /// shrink and a SETUPMAPPING of it run at once (I4).
     pub fn forget_inode(&self, inode: InodeId) {
         let has = self.inner.table.lock().map(|t| t.has_inode(inode)).unwrap_or(true);
         if !has && let Ok(mut m) = self.inner.inodes.lock() {
-            m.remove(&inode);
+            // Under the map's lock nobody can take a new reference; one is the map's own.
+            if m.get(&inode).is_some_and(|st| Arc::strong_count(st) == 1) {
+                m.remove(&inode);
+            }
         }
     }
 }
@@ -442,15 +447,25 @@ impl Inner {
     }
 
     fn setup(&self, inode: InodeId, file: &Arc<OwnedFd>, s: Setup) -> Result<(), DaxError> {
-        let r = self.setup_locked(inode, file, s);
+        let mut displaced = Vec::new();
+        let r = self.setup_locked(inode, file, s, &mut displaced);
         if r.is_err() {
             // A lease taken for a mapping that did not happen would only break for nothing.
             self.release_lease_if_unmapped(inode);
         }
+        // So would the lease of a file whose last mapping this one replaced.
+        displaced.into_iter().filter(|&i| i != inode).for_each(|i| self.release_lease_if_unmapped(i));
         r
     }
 
-    fn setup_locked(&self, inode: InodeId, file: &Arc<OwnedFd>, s: Setup) -> Result<(), DaxError> {
+    /// The body of `setup`; the inodes whose mappings it replaced go to `displaced`.
+    fn setup_locked(
+        &self,
+        inode: InodeId,
+        file: &Arc<OwnedFd>,
+        s: Setup,
+        displaced: &mut Vec<InodeId>,
+    ) -> Result<(), DaxError> {
         let st = self.inode(inode);
         // Exclusive: the EOF page may need the padded map below; the guest serializes its own
         // SETUPMAPPINGs per inode anyway.
@@ -486,7 +501,7 @@ impl Inner {
         if t.has_same(inode, s.range, s.foffset, s.writable) {
             return Ok(());
         }
-        t.remove_overlapping(s.range.start, s.range.start.0 + s.range.len, &*mapper)?;
+        displaced.extend(t.remove_overlapping(s.range.start, s.range.start.0 + s.range.len, &*mapper)?);
         let full = t.installed() >= self.room().cap;
         // Install up to the page holding EOF (valid); never a page wholly past EOF.
         let pieces = self.padded(file.as_fd(), |valid_end| {
@@ -553,7 +568,12 @@ impl Inner {
         Ok(())
     }
 
+    /// Drops `inode`'s lease if nothing of it is mapped; under its semaphore, so a SETUPMAPPING
+    /// of it in progress (which holds the semaphore from taking the lease to recording the
+    /// mapping) is never left mapped without one.
     fn release_lease_if_unmapped(&self, inode: InodeId) {
+        let st = self.inode(inode);
+        let _g = st.sem.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let has = self.table.lock().map(|t| t.has_inode(inode)).unwrap_or(true);
         if !has {
             self.leases.release(inode);
@@ -718,6 +738,20 @@ mod tests {
             ),
             Err(DaxError::NoWindow)
         ));
+    }
+
+    /// I4 needs one semaphore per inode: forgetting an inode while a thread holds its
+    /// semaphore must not let the next user get a second one.
+    #[test]
+    fn forget_inode_keeps_a_semaphore_in_use() {
+        let d = Dax::new(64 << 20, 4096, LeasePolicy::Require, 16).unwrap();
+        let id = InodeId(7);
+        let held = d.inner.inode(id);
+        d.forget_inode(id);
+        assert!(Arc::ptr_eq(&held, &d.inner.inode(id)), "a second semaphore for the same inode");
+        drop(held);
+        d.forget_inode(id);
+        assert!(d.inner.inodes.lock().unwrap().is_empty(), "an unused semaphore is dropped");
     }
 
     #[test]

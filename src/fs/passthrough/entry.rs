@@ -168,7 +168,7 @@ impl Passthrough {
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) && !guest_excl => {}
                 done => return done,
             }
-            match self.open_existing(parent, name, flags) {
+            match self.open_existing(parent, name, flags, p.flags) {
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => last = e,
                 done => return done,
             }
@@ -179,10 +179,27 @@ impl Passthrough {
     /// Opens what a CREATE without O_EXCL found at `name`, only if it is a regular file. The
     /// type comes from statx of an O_PATH fd, which opens nothing: an open(2) of a FIFO would
     /// block the worker and one of a device would hand the guest the host's device.
-    fn open_existing(&self, parent: &Inode, name: &CStr, flags: i32) -> io::Result<OwnedFd> {
+    /// A file mapped through the window is not opened again (that open would break the
+    /// daemon's own lease, I5): its shared file is reused, after the open's permission check
+    /// (as the caller, like the open would).
+    fn open_existing(&self, parent: &Inode, name: &CStr, flags: i32, guest_flags: u32) -> io::Result<OwnedFd> {
         let path = sys::openat_beneath(parent.path_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
-        match sys::statx(path.as_fd())?.0.mode & libc::S_IFMT {
-            libc::S_IFREG => self.reopen_fd(path.as_fd(), flags),
+        let (attr, mnt_id) = sys::statx(path.as_fd())?;
+        match attr.mode & libc::S_IFMT {
+            libc::S_IFREG => {
+                let key = InodeKey { dev: attr.dev, ino: attr.ino, mnt_id };
+                let shared = self
+                    .inodes
+                    .find(&key)
+                    .and_then(|i| i.dax_file.lock().ok()?.as_ref().map(|f| std::sync::Arc::clone(&f.fd)));
+                match shared {
+                    Some(shared) => {
+                        sys::faccessat(self.proc_fd.as_fd(), &sys::fd_name(path.as_fd()), access_mask(guest_flags))?;
+                        shared.try_clone()
+                    }
+                    None => self.reopen_fd(path.as_fd(), flags),
+                }
+            }
             // What open(2) with O_CREAT (and, for the symlink, O_NOFOLLOW) answers.
             libc::S_IFDIR => Err(errno(libc::EISDIR)),
             libc::S_IFLNK => Err(errno(libc::ELOOP)),
@@ -202,4 +219,18 @@ impl Passthrough {
         let nodeid = self.inodes.lookup_or_insert(key, attr.mode & libc::S_IFMT, path_fd, &self.inode_quota)?;
         Ok(self.entry(nodeid, self.decorate(attr, mnt_id, None)))
     }
+}
+
+/// The access(2) mask an open with the guest's `flags` needs.
+fn access_mask(flags: u32) -> i32 {
+    let flags = i32::from_ne_bytes(flags.to_ne_bytes());
+    let mut mask = match flags & libc::O_ACCMODE {
+        libc::O_WRONLY => libc::W_OK,
+        libc::O_RDWR => libc::R_OK | libc::W_OK,
+        _ => libc::R_OK,
+    };
+    if flags & libc::O_TRUNC != 0 {
+        mask |= libc::W_OK;
+    }
+    mask
 }

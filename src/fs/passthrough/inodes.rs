@@ -103,6 +103,12 @@ impl InodeTable {
         t.by_id.get(&id).cloned().ok_or_else(stale)
     }
 
+    /// The inode `key`, if the guest holds it (no lookup is added).
+    pub fn find(&self, key: &InodeKey) -> Option<Arc<Inode>> {
+        let t = self.tables.read().ok()?;
+        t.by_key.get(key).and_then(|id| t.by_id.get(id)).cloned()
+    }
+
     /// Installs the root (lookup count 2, never forgotten).
     pub fn set_root(&self, fd: OwnedFd, key: InodeKey) -> io::Result<()> {
         let mut t = self.tables.write().map_err(|_| stale())?;
