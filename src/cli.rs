@@ -161,6 +161,11 @@ pub struct Options {
     /// virtio-mem); the window's pieces and guest RAM share the rest.
     #[arg(long, default_value_t = 16)]
     pub dax_reserved_mem_slots: usize,
+    /// Read-only DAX mappings of files up to this size (K/M suffix) are served as copies in
+    /// the daemon's own memory: no SHMEM_MAP round trip, no lease; the guest sees host changes
+    /// when it revalidates the file. 0: map every file itself.
+    #[arg(long, default_value = "64K")]
+    pub dax_copy_max: String,
     /// Which files get per-inode DAX under `-o dax=inode`.
     #[arg(long, value_enum, default_value_t = DaxFiles::Leasable)]
     pub dax_files: DaxFiles,

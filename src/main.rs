@@ -50,6 +50,8 @@ enum StartupError {
          stay free): use --dax-window {fit}M or less"
     )]
     DaxWindowSlots { window: String, slots: u64, max: usize, reserved: usize, fit: u64 },
+    #[error("--dax-copy-max {0:?}: give a size in bytes, with an optional K/M/G suffix")]
+    DaxCopyMax(String),
     #[error("cannot set up the DAX window: {0}")]
     Dax(std::io::Error),
     #[error("{0}")]
@@ -86,9 +88,8 @@ fn init_logging(level: LogLevel) {
         .init();
 }
 
-/// Parses `--dax-window`: bytes with an optional K/M/G suffix.
-fn dax_window(s: &str) -> Result<u64, StartupError> {
-    let bad = || StartupError::DaxWindow(s.to_string());
+/// Bytes with an optional K/M/G suffix.
+fn parse_size(s: &str) -> Option<u64> {
     let t = s.trim();
     let (num, shift) = match t.char_indices().last() {
         Some((i, 'k' | 'K')) => (t.get(..i), 10),
@@ -96,8 +97,15 @@ fn dax_window(s: &str) -> Result<u64, StartupError> {
         Some((i, 'g' | 'G')) => (t.get(..i), 30),
         _ => (Some(t), 0),
     };
-    let n: u64 = num.and_then(|n| n.parse().ok()).ok_or_else(bad)?;
-    let bytes = n.checked_mul(1 << shift).ok_or_else(bad)?;
+    let n: u64 = num.and_then(|n| n.parse().ok())?;
+    n.checked_mul(1 << shift)
+}
+
+/// Parses `--dax-window`: a size (see `parse_size`) that is 0 or a power of two, a multiple
+/// of 2 MiB.
+fn dax_window(s: &str) -> Result<u64, StartupError> {
+    let bad = || StartupError::DaxWindow(s.to_string());
+    let bytes = parse_size(s).ok_or_else(bad)?;
     if bytes != 0 && (!bytes.is_power_of_two() || bytes % (2 << 20) != 0) {
         return Err(bad());
     }
@@ -132,6 +140,8 @@ fn make_dax(o: &Options, maps: Option<sandbox::MapsClient>) -> Result<Option<Arc
         warn!("--dax-unprotected: files that cannot be leased are mapped anyway; a host truncate can kill the VM");
     }
     let dax = Dax::new(len, sys::page_size() as u64, policy, o.dax_reserved_mem_slots).map_err(StartupError::Dax)?;
+    let copy_max = parse_size(&o.dax_copy_max).ok_or_else(|| StartupError::DaxCopyMax(o.dax_copy_max.clone()))?;
+    dax.set_copy_max(copy_max);
     if o.dax_probe_frontend {
         dax.probe_frontend();
     }

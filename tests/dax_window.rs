@@ -14,8 +14,9 @@ const PAGE: u64 = 4096;
 const R: u64 = FUSE_SETUPMAPPING_FLAG_READ;
 const RW: u64 = FUSE_SETUPMAPPING_FLAG_READ | FUSE_SETUPMAPPING_FLAG_WRITE;
 
+/// File mappings only: read-only mappings of small files would be copies (tests/dax_copy.rs).
 fn dax_daemon() -> (Daemon, Client) {
-    let d = Daemon::start(&["--dax-window", "64M"]);
+    let d = Daemon::start(&["--dax-window", "64M", "--dax-copy-max", "0"]);
     let c = Client::connect_dax(&d.socket, 1, false);
     (d, c)
 }

@@ -146,7 +146,8 @@ fn truncate(f: BorrowedFd<'_>, size: u64) -> std::io::Result<()> {
     }
 }
 
-/// The frontend's pieces are the table's; each lies below the page holding its file's EOF.
+/// The frontend's pieces are the table's and the copy slots'; each file piece lies below the
+/// page holding its file's EOF.
 fn check(st: &State, mapper: &RecordingMapper) {
     let mut table = Vec::new();
     for (i, f) in st.files.iter().enumerate() {
@@ -159,6 +160,8 @@ fn check(st: &State, mapper: &RecordingMapper) {
             table.push((w, len));
         }
     }
+    // Slots backed for copies are pieces too (of the daemon's memory file, never past its end).
+    table.extend(st.dax.backed_slots());
     table.sort();
     // Also after injected failures: a refused map or unmap leaves both sides as they were.
     assert_eq!(table, mapper.installed(), "table and frontend disagree");

@@ -2,6 +2,7 @@
 //! the frontend (pieces), the per-inode mmap rw-semaphore, and the shrink/grow/revoke rules
 //! (DESIGN.md §3, I1-I6). Talks to the frontend only through `Mapper`; knows no FUSE or vhost.
 
+mod copy;
 mod lease;
 mod probe;
 mod slots;
@@ -162,7 +163,14 @@ struct Inner {
     watched: std::sync::atomic::AtomicBool,
     /// The frontend's memory slots: how many pieces may be installed.
     slots: Arc<slots::Slots>,
+    /// The memory file behind copy slots, as large as the window.
+    backing: OwnedFd,
+    /// Read-only mappings of files up to this size are copies (0: never).
+    copy_max: std::sync::atomic::AtomicU64,
 }
+
+/// `--dax-copy-max`'s default: most files of a source tree or a container image.
+pub const COPY_MAX_DEFAULT: u64 = 64 << 10;
 
 /// The processes other than the daemon that map file (dev, ino), among the given pids or all
 /// (None), for I5's wait (`sys::processes_mapping`'s contract).
@@ -195,6 +203,7 @@ impl Dax {
     /// A window of `window_len` bytes with mappings aligned to `align` (the host page size),
     /// keeping `reserved_slots` of the frontend's memory slots free (memory hotplug).
     pub fn new(window_len: u64, align: u64, policy: LeasePolicy, reserved_slots: usize) -> io::Result<Dax> {
+        let backing = sys::memfd(c"daxfsd-copies", window_len)?;
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| Inner {
             window_len,
             align,
@@ -208,6 +217,8 @@ impl Dax {
             mapped_elsewhere: RwLock::new(None),
             watched: std::sync::atomic::AtomicBool::new(true),
             slots: Arc::new(slots::Slots::new(reserved_slots)),
+            backing,
+            copy_max: std::sync::atomic::AtomicU64::new(COPY_MAX_DEFAULT),
         });
         inner.leases.start()?;
         Ok(Dax { inner })
@@ -219,6 +230,35 @@ impl Dax {
         if let Ok(mut m) = self.inner.mapped_elsewhere.write() {
             *m = Some(f);
         }
+    }
+
+    /// Read-only mappings of files up to `max` bytes become copies (`--dax-copy-max`; 0: none).
+    pub fn set_copy_max(&self, max: u64) {
+        self.inner.copy_max.store(max, Ordering::Relaxed);
+    }
+
+    /// The inode's copies, as (window offset, file offset, bytes filled): for tests and logs.
+    pub fn copies(&self, inode: InodeId) -> Vec<(u64, u64, u64)> {
+        let t = self.inner.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        t.copies.copies_of(inode)
+    }
+
+    /// Window ranges backed for copies, as (window offset, len): for tests and the fuzzer.
+    pub fn backed_slots(&self) -> Vec<(u64, u64)> {
+        let t = self.inner.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        t.copies.backed_slots()
+    }
+
+    /// The guest revalidates `inode` (GETATTR): copies of it made before the file last changed
+    /// are made again, so the guest sees host changes as a page cache would after its
+    /// attribute timeout.
+    pub fn revalidate_copies(&self, inode: InodeId) {
+        if !self.inner.table.lock().is_ok_and(|t| t.copies.has_inode(inode)) {
+            return;
+        }
+        let st = self.inner.inode(inode);
+        let _g = st.sem.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.inner.refresh_copies(inode, true);
     }
 
     /// Probes the frontend's SHMEM rules at the next guest SETUPMAPPING (`--dax-probe-frontend`).
@@ -363,12 +403,18 @@ impl Dax {
 
     /// After an operation that may have grown the file: re-install cut slots (I3) before the
     /// reply tells the guest the new size.
+    /// Copies of the inode are made again (the daemon changed the file).
     pub fn grow(&self, inode: InodeId, file: BorrowedFd<'_>) -> io::Result<()> {
-        if !self.inner.table_has_cut(inode) {
+        let (cut, copies) =
+            self.inner.table.lock().map(|t| (t.has_cut(inode), t.copies.has_inode(inode))).unwrap_or((false, false));
+        if !cut && !copies {
             return Ok(());
         }
         let st = self.inner.inode(inode);
         let _g = st.sem.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if copies {
+            self.inner.refresh_copies(inode, false);
+        }
         self.inner.reinstall(inode, file).map_err(io::Error::from)
     }
 
@@ -422,10 +468,6 @@ impl Inner {
         self.mapper.read().ok().and_then(|m| m.clone()).ok_or(DaxError::NoWindow)
     }
 
-    fn table_has_cut(&self, inode: InodeId) -> bool {
-        self.table.lock().map(|t| t.has_cut(inode)).unwrap_or(false)
-    }
-
     /// Runs `f(valid_end)` with the file extended to the page boundary past its EOF, so the
     /// frontend accepts a map of the page holding EOF (QEMU 11.1 refuses maps past the file's
     /// size), then cuts it back and restores its mtime. `valid_end` is that page boundary.
@@ -454,7 +496,9 @@ impl Inner {
             self.release_lease_if_unmapped(inode);
         }
         // So would the lease of a file whose last mapping this one replaced.
-        displaced.into_iter().filter(|&i| i != inode).for_each(|i| self.release_lease_if_unmapped(i));
+        displaced.sort();
+        displaced.dedup();
+        displaced.into_iter().for_each(|i| self.release_lease_if_unmapped(i));
         r
     }
 
@@ -475,6 +519,9 @@ impl Inner {
         if self.probe.swap(false, std::sync::atomic::Ordering::AcqRel) {
             let _t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             probe::run(&*mapper, self.window_len);
+        }
+        if self.is_copyable(&s, file.as_fd()) && self.setup_copy(inode, file, s, &*mapper, displaced)? {
+            return Ok(());
         }
         match self.leases.ensure(inode, file) {
             Ok(false) => {}
@@ -501,8 +548,14 @@ impl Inner {
         if t.has_same(inode, s.range, s.foffset, s.writable) {
             return Ok(());
         }
-        displaced.extend(t.remove_overlapping(s.range.start, s.range.start.0 + s.range.len, &*mapper)?);
-        let full = t.installed() >= self.room().cap;
+        let end = s.range.start.0 + s.range.len;
+        // A copy slot there (a write over a copy, or another file) goes back to the file.
+        displaced.extend(t.copies.unback_overlapping(s.range.start.0, end, self.backing.as_fd(), &*mapper)?);
+        displaced.extend(t.remove_overlapping(s.range.start, end, &*mapper)?);
+        let mut full = t.installed() >= self.room(&t).cap;
+        if full && t.copies.unback_idle(&*mapper)? {
+            full = t.installed() >= self.room(&t).cap;
+        }
         // Install up to the page holding EOF (valid); never a page wholly past EOF.
         let pieces = self.padded(file.as_fd(), |valid_end| {
             let installed = valid_end.saturating_sub(start).min(s.range.len);
@@ -521,6 +574,75 @@ impl Inner {
         let file = Arc::clone(file);
         t.insert(Mapping { inode, file, range: s.range, foffset: s.foffset, writable, pieces, revoked: false });
         Ok(())
+    }
+
+    /// Whether `s` is served as a copy: read-only, within one slot, of a file no larger than
+    /// `copy_max`.
+    fn is_copyable(&self, s: &Setup, file: BorrowedFd<'_>) -> bool {
+        let max = self.copy_max.load(Ordering::Relaxed);
+        !s.writable && max > 0 && copy::slot_of(s.range).is_some() && sys::file_size(file).is_ok_and(|eof| eof <= max)
+    }
+
+    /// SETUPMAPPING as a copy: the slot is backed (one round trip the first time), the file's
+    /// bytes copied in. No lease: nothing the host does to the file can fault the copy.
+    /// False when the slot holds a file mapping outside the range (no backing can go there):
+    /// the caller maps the file instead.
+    fn setup_copy(
+        &self,
+        inode: InodeId,
+        file: &Arc<OwnedFd>,
+        s: Setup,
+        mapper: &dyn Mapper,
+        displaced: &mut Vec<InodeId>,
+    ) -> Result<bool, DaxError> {
+        let Some(slot) = copy::slot_of(s.range) else { return Ok(false) };
+        let backing = self.backing.as_fd();
+        let mut t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let end = s.range.start.0 + s.range.len;
+        if t.copies.has_same(inode, s.range, s.foffset) {
+            return Ok(true);
+        }
+        displaced.extend(t.remove_overlapping(s.range.start, end, mapper)?);
+        displaced.extend(t.copies.remove_overlapping(s.range.start.0, end, backing));
+        if t.overlaps(slot.start, slot.start.0 + slot.len) {
+            return Ok(false);
+        }
+        if !t.copies.is_backed(slot) {
+            if t.installed() >= self.room(&t).cap && !t.copies.unback_idle(mapper)? {
+                self.slots.note_refusal();
+                warn_limited!("SETUPMAPPING refused (ENOSPC): every memory slot of the frontend is taken");
+                return Err(DaxError::NoSlots);
+            }
+            t.copies.back(slot, backing, mapper)?;
+        }
+        let (filled, stamp) = copy::fill(file.as_fd(), s.foffset, s.range, 0, backing).map_err(DaxError::Host)?;
+        t.copies.insert(copy::SlotCopy {
+            inode,
+            file: Arc::clone(file),
+            range: s.range,
+            foffset: s.foffset,
+            filled,
+            stamp,
+        });
+        Ok(true)
+    }
+
+    /// Makes `inode`'s copies again from its file (only those whose file changed since, when
+    /// `if_changed`). Callers hold the inode's semaphore exclusively.
+    fn refresh_copies(&self, inode: InodeId, if_changed: bool) {
+        let mut t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let stamp = if if_changed {
+            let file = t.copies.file_of(inode);
+            match file.map(|f| copy::stamp(f.as_fd())) {
+                Some(Ok(st)) => Some(st),
+                _ => return,
+            }
+        } else {
+            None
+        };
+        if let Err(e) = t.copies.refresh(inode, stamp, self.backing.as_fd()) {
+            warn_limited!("cannot refresh the copies of inode {}: {e}", inode.0);
+        }
     }
 
     /// I1 needs the frontend to acknowledge every map and unmap (REPLY_ACK). vhost-user-backend
@@ -556,6 +678,7 @@ impl Inner {
     fn remove_range(&self, start: WinOffset, end: u64) -> Result<(), DaxError> {
         let mut t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mapper = self.mapper.read().ok().and_then(|m| m.clone());
+        t.copies.remove_overlapping(start.0, end, self.backing.as_fd());
         let Some(mapper) = mapper else {
             t.forget_overlapping(start, end);
             return Ok(());
@@ -598,7 +721,7 @@ impl Inner {
         if !t.needs_fill(inode, round_up(eof, self.align)) {
             return Ok(());
         }
-        let room = self.room();
+        let room = self.room(&t);
         match self.padded(file, |valid_end| t.fill(inode, valid_end, &*mapper, room)) {
             Ok(merged) => {
                 self.slots.note_merges(merged);
@@ -613,9 +736,12 @@ impl Inner {
         }
     }
 
-    /// The slot budget as the table sees it.
-    fn room(&self) -> Room {
-        Room { cap: self.slots.cap(), window_slots: usize::try_from(self.window_len >> 21).unwrap_or(usize::MAX) }
+    /// The slot budget as the table's file mappings see it: backed copy slots hold a piece
+    /// each, and need no first piece of a mapping.
+    fn room(&self, t: &Table) -> Room {
+        let backed = t.copies.backed();
+        let window_slots = usize::try_from(self.window_len >> 21).unwrap_or(usize::MAX);
+        Room { cap: self.slots.cap().saturating_sub(backed), window_slots: window_slots.saturating_sub(backed) }
     }
 
     /// One line on what the window did with the frontend's memory slots (vm-tests grep it).
@@ -696,6 +822,7 @@ impl Inner {
         let mapper = if send { self.mapper().ok() } else { None };
         let mut t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let before = t.inodes();
+        t.copies.clear(mapper.as_deref(), self.backing.as_fd());
         let n = t.clear(mapper.as_deref());
         // Mappings the frontend refused to unmap stay in the table: keep their leases and state.
         let kept = t.inodes();

@@ -16,7 +16,7 @@ type Check<'a> = (&'static str, bool, Box<dyn Fn() -> bool + 'a>);
 
 /// Runs the probe; returns (checks as expected, checks run). Logs one line per check.
 pub fn run(mapper: &dyn Mapper, window_len: u64) -> (usize, usize) {
-    let fd = match sys::memfd(8 * PAGE) {
+    let fd = match sys::memfd(c"daxfsd-probe", 8 * PAGE) {
         Ok(fd) => fd,
         Err(e) => {
             error!("frontend conformance: cannot create a memfd: {e}");

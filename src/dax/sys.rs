@@ -208,10 +208,10 @@ fn si_fd(info: &libc::siginfo_t) -> libc::c_int {
 }
 
 /// An anonymous memory file of `len` zero bytes.
-pub fn memfd(len: u64) -> io::Result<std::os::fd::OwnedFd> {
+pub fn memfd(name: &std::ffi::CStr, len: u64) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
-    // SAFETY: the name is a static NUL-terminated string.
-    let fd = check(unsafe { libc::memfd_create(c"daxfsd-probe".as_ptr(), libc::MFD_CLOEXEC) })?;
+    // SAFETY: the name is a NUL-terminated string borrowed for the call.
+    let fd = check(unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) })?;
     // SAFETY: memfd_create just returned this descriptor; nothing else owns it.
     let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
     ftruncate(std::os::fd::AsFd::as_fd(&fd), len)?;
@@ -252,6 +252,77 @@ pub fn processes_mapping(dev: u64, ino: u64, among: Option<&[u32]>, exclude: &[u
     candidates.into_iter().filter(|&pid| pid != me && !exclude.contains(&pid) && maps_file(pid)).collect()
 }
 
+/// pread(2) into `buf`; short only at EOF (retries EINTR and partial reads).
+pub fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = buf.get_mut(done..).unwrap_or_default();
+        let off =
+            libc::off_t::try_from(offset + done as u64).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: `rest` is a writable buffer of `rest.len()` bytes; the fd is borrowed.
+        let n = unsafe { libc::pread(fd.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len(), off) };
+        match n {
+            0 => break,
+            n if n > 0 => done += n.unsigned_abs(),
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// pwrite(2) of all of `buf` (retries EINTR and partial writes).
+pub fn pwrite_all(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = buf.get(done..).unwrap_or_default();
+        let off =
+            libc::off_t::try_from(offset + done as u64).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: `rest` is a readable buffer of `rest.len()` bytes; the fd is borrowed.
+        let n = unsafe { libc::pwrite(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len(), off) };
+        match n {
+            n if n > 0 => done += n.unsigned_abs(),
+            0 => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Zeroes [offset, offset + len) of `fd` by punching a hole (a memfd gives the pages back).
+pub fn punch(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    let inval = || io::Error::from_raw_os_error(libc::EINVAL);
+    let offset = libc::off_t::try_from(offset).map_err(|_| inval())?;
+    let len = libc::off_t::try_from(len).map_err(|_| inval())?;
+    // SAFETY: plain syscall on a borrowed fd.
+    check(unsafe {
+        libc::fallocate(fd.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset, len)
+    })
+    .map(drop)
+}
+
+/// A timestamp as (seconds, nanoseconds).
+pub type Time = (i64, i64);
+
+/// The file's size, mtime and ctime.
+pub fn size_and_times(fd: BorrowedFd<'_>) -> io::Result<(u64, Time, Time)> {
+    let mut st = MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: `st` is a writable stat buffer; the fd is borrowed for the call.
+    check(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstat succeeded and filled the (zeroed) buffer.
+    let st = unsafe { st.assume_init() };
+    Ok((u64::try_from(st.st_size).unwrap_or(0), (st.st_mtime, st.st_mtime_nsec), (st.st_ctime, st.st_ctime_nsec)))
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsFd;
@@ -260,7 +331,7 @@ mod tests {
 
     #[test]
     fn processes_mapping_a_file_no_one_maps_is_none() {
-        let f = memfd(4096).unwrap();
+        let f = memfd(c"test", 4096).unwrap();
         let (dev, ino) = dev_ino(f.as_fd()).unwrap();
         assert!(processes_mapping(dev, ino, None, &[]).is_empty());
         assert!(processes_mapping(dev, ino, Some(&[std::process::id(), u32::MAX]), &[]).is_empty());
@@ -268,7 +339,7 @@ mod tests {
 
     #[test]
     fn lease_now_without_a_lease_is_unlck() {
-        let f = memfd(4096).unwrap();
+        let f = memfd(c"test", 4096).unwrap();
         assert_eq!(lease_now(f.as_fd()).unwrap(), libc::F_UNLCK);
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use log::trace;
 
+use super::copy::Copies;
 use super::{DaxError, FileOffset, InodeId, Mapper, WinOffset, WinRange};
 
 /// One installed SHMEM_MAP.
@@ -68,16 +69,23 @@ impl Room {
     }
 }
 
-/// All mappings, by window start.
+/// All mappings, by window start, and the copy slots.
 #[derive(Default)]
 pub struct Table {
     maps: BTreeMap<u64, Mapping>,
+    /// Read-only mappings served as copies, and the slots backed for them.
+    pub copies: Copies,
 }
 
 impl Table {
-    /// Whether no mapping is recorded (so nothing is installed).
+    /// Whether no mapping is recorded and no slot backed (so nothing is installed).
     pub fn is_empty(&self) -> bool {
-        self.maps.is_empty()
+        self.maps.is_empty() && self.copies.backed() == 0
+    }
+
+    /// Whether some file mapping overlaps [start, end).
+    pub fn overlaps(&self, start: WinOffset, end: u64) -> bool {
+        !self.overlapping(start, end).is_empty()
     }
 
     /// Records a mapping whose pieces are installed.

@@ -101,7 +101,11 @@ impl Passthrough {
     }
 
     /// statx of an inode, never seeing the padded size (see `dax_stable`).
+    /// The guest revalidates here: copies of the file made before a host change are made again.
     pub(super) fn dax_stat(&self, inode: &Inode) -> io::Result<(crate::fs::Attr, u64)> {
+        if let Some(dax) = self.dax_session() {
+            dax.revalidate_copies(InodeId(inode.nodeid.0));
+        }
         self.dax_stable(inode, || sys::statx(inode.path_fd()))
     }
 
