@@ -722,3 +722,45 @@ fn a_displaced_files_lease_is_released() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert!(!d.log().contains("lease break on inode"), "a's lease was still held:\n{}", d.log());
 }
+
+/// I2 for readers of a DAX file: the instant a SETUPMAPPING pads a file to its EOF page must
+/// never be seen by a COPY_FILE_RANGE from it (that copy would carry the padding's zeros into
+/// the destination and grow it past the source's size).
+#[test]
+fn copy_file_range_never_copies_the_eof_padding() {
+    let (_d, c) = dax_daemon();
+    let (a, fa) = c.create(1, "a", libc::O_RDWR | libc::O_CREAT, 0o644).unwrap();
+    write_all(&c, a.nodeid, fa, 0, &[b'a'; 100]);
+    let (b, fb) = c.create(1, "b", libc::O_RDWR | libc::O_CREAT, 0o644).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // Each map of the unaligned file pads it to 4096 bytes for an instant.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                c.setupmapping(a.nodeid, 0, MB2, R, 0).unwrap();
+                c.removemapping(&[(0, MB2)]).unwrap();
+            }
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while std::time::Instant::now() < deadline {
+            let cfr = CopyFileRangeIn {
+                fh_in: fa,
+                off_in: 0,
+                nodeid_out: b.nodeid,
+                fh_out: fb,
+                off_out: 0,
+                len: 8192,
+                flags: 0,
+            };
+            let n = c.copy_file_range(cfr, a.nodeid).unwrap();
+            let size = c.getattr(b.nodeid).unwrap().attr.size;
+            if n != 100 || size != 100 {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                panic!(
+                    "COPY_FILE_RANGE copied {n} bytes, the destination is {size} bytes: the source's padding leaked"
+                );
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+}

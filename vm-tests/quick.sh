@@ -62,7 +62,7 @@ run "dax=always across a guest reboot" --device dax --queues 1 --mount-opts dax=
 # frontend memory regions), if the daemon logged any.
 guest_dir=$here/guest-programs
 (cd "$guest_dir" && RUSTFLAGS='-C target-feature=+crt-static' \
-    cargo build --quiet --locked --release --target x86_64-unknown-linux-gnu --bin fs-churn)
+    cargo build --quiet --locked --release --target x86_64-unknown-linux-gnu --bin fs-churn --bin small-files)
 churn_bin=$guest_dir/target/x86_64-unknown-linux-gnu/release/fs-churn
 echo "--duration 45 --procs 4 --seed 1 --progress 10" >"$churn_work/fs-churn.args"
 run_churn() { # name, log dir name, launcher args...
@@ -85,6 +85,19 @@ run_churn() { # name, log dir name, launcher args...
 run_churn "fs-churn, dax=always, 512 MiB window" churn-always --device dax --queues 1 --mount-opts dax=always
 # dax=inode is the guest's default: the daemon's --dax-files leasable (its default) makes files DAX.
 run_churn "fs-churn, dax=inode, 512 MiB window" churn-inode --device dax --queues 1 --mount-opts dax=inode
+# small-files (issue 9): create, open+read and unlink 1000 files of 100 bytes at 1 and 4
+# threads, without DAX and under dax=always (reads are SETUPMAPPINGs: copy slots), checked
+# byte for byte; the rates are printed, never judged (a shared machine).
+small_bin=$guest_dir/target/x86_64-unknown-linux-gnu/release/small-files
+echo "--files 1000 --threads 1,4" >"$churn_work/small-files.args"
+run_small() { # name, launcher args... (the rates are in the small-files result line)
+    local name=$1
+    shift
+    run "$name" --timeout 400 --test mount,small-files --guest-file "$small_bin:/tests/small-files" \
+        --guest-file "$churn_work/small-files.args:/tests/small-files.args" "$@"
+}
+run_small "small-files, no DAX" --device fs --queues 1
+run_small "small-files, dax=always" --device dax --queues 1 --mount-opts dax=always
 # cache=never and the writeback cache, one boot each.
 run "cache=never" --device fs --daemon-arg=--cache=never --test smoke
 run "writeback" --device fs --daemon-arg=--writeback --test smoke

@@ -367,6 +367,18 @@ impl Dax {
         f()
     }
 
+    /// Holds the semaphores of `a` and `b` shared (in one order, so two such calls never
+    /// deadlock): a COPY_FILE_RANGE reads one DAX inode and writes another.
+    pub fn shared2<T>(&self, a: InodeId, b: InodeId, f: impl FnOnce() -> T) -> T {
+        if a == b {
+            return self.shared(a, f);
+        }
+        let (first, second) = (self.inner.inode(a.min(b)), self.inner.inode(a.max(b)));
+        let _g1 = first.sem.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _g2 = second.sem.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f()
+    }
+
     /// Runs a host operation that may shrink `file` to `new_size` (or drop blocks), under the
     /// exclusive semaphore: pieces past the new EOF page are unmapped first (I4), and what stays
     /// valid is re-installed after, to the EOF the operation actually left.

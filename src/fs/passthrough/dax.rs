@@ -89,15 +89,30 @@ impl Passthrough {
         self.reopen(inode, flags).map(IoFd::Own)
     }
 
-    /// Runs `op` under the inode's shared semaphore when it has a shared DAX file, so nothing
-    /// it reports (size, data, holes) comes from the instant the file is padded to map its EOF
+    /// Runs `op` under the inode's shared semaphore (any regular file of a DAX session: its
+    /// first SETUPMAPPING may open the shared file and pad it while `op` runs), so nothing it
+    /// reports (size, data, holes) comes from the instant the file is padded to map its EOF
     /// page. Every reply that shows a DAX inode's size or data past a page boundary goes through
     /// here.
     pub(super) fn dax_stable<T>(&self, inode: &Inode, op: impl FnOnce() -> T) -> T {
         match self.dax_session() {
-            Some(dax) if inode.dax_file.lock().is_ok_and(|f| f.is_some()) => dax.shared(InodeId(inode.nodeid.0), op),
+            Some(dax) if inode.file_type == libc::S_IFREG => dax.shared(InodeId(inode.nodeid.0), op),
             _ => op(),
         }
+    }
+
+    /// COPY_FILE_RANGE: like `dax_write` into `dst`, with `src` held stable too (see
+    /// `dax_stable`): the copy must not read the instant its source is padded.
+    pub(super) fn dax_copy<T>(&self, src: &Inode, dst: &Inode, op: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        let Some(dax) = self.dax_session() else { return op() };
+        let (src_id, dst_id) = (InodeId(src.nodeid.0), InodeId(dst.nodeid.0));
+        let Some(file) = dst.dax_file.lock().ok().and_then(|s| s.as_ref().map(|f| Arc::clone(&f.fd))) else {
+            return dax.shared2(src_id, dst_id, op);
+        };
+        dax.touch(dst_id, &file);
+        let r = dax.shared2(src_id, dst_id, op)?;
+        dax.grow(dst_id, file.as_fd())?;
+        Ok(r)
     }
 
     /// statx of an inode, never seeing the padded size (see `dax_stable`).
@@ -145,15 +160,19 @@ impl Passthrough {
     }
 
     /// A WRITE to a DAX inode: held shared against shrinks (the write barrier), then grown (I3).
+    /// Held shared also before the inode has a shared file: a first SETUPMAPPING padding the
+    /// file meanwhile would otherwise cut a write past the old EOF when it restores the size.
     pub(super) fn dax_write<T>(&self, inode: &Inode, op: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
         let Some(dax) = self.dax_session() else { return op() };
-        let Some(file) = inode.dax_file.lock().ok().and_then(|s| s.as_ref().map(|f| Arc::clone(&f.fd))) else {
-            return op();
-        };
         let id = InodeId(inode.nodeid.0);
-        dax.touch(id, &file);
+        let file = inode.dax_file.lock().ok().and_then(|s| s.as_ref().map(|f| Arc::clone(&f.fd)));
+        if let Some(file) = &file {
+            dax.touch(id, file);
+        }
         let r = dax.shared(id, op)?;
-        dax.grow(id, file.as_fd())?;
+        if let Some(file) = file {
+            dax.grow(id, file.as_fd())?;
+        }
         Ok(r)
     }
 

@@ -512,7 +512,9 @@ impl Filesystem for Passthrough {
         let hout = self.handles.get(a.fh_out, a.node_out)?;
         let len = usize::try_from(a.len).unwrap_or(usize::MAX);
         let flags = u32::try_from(a.flags).map_err(|_| errno(libc::EINVAL))?;
-        self.dax_write(&hout.inode, || sys::copy_file_range(hin.as_fd(), a.off_in, hout.as_fd(), a.off_out, len, flags))
+        self.dax_copy(&hin.inode, &hout.inode, || {
+            sys::copy_file_range(hin.as_fd(), a.off_in, hout.as_fd(), a.off_out, len, flags)
+        })
     }
 
     fn syncfs(&self, _ctx: &Context, node: NodeId) -> io::Result<()> {
