@@ -47,12 +47,21 @@ verbose=0
 cells=()
 
 # Cells: NAME|DESCRIPTION. The XML of each is built by cell_fs_xml below.
+# bookworm-*: the host's libvirt (Debian bookworm, 9.0), legacy "-o" options.
+# forky-*: Debian forky's libvirt (12.x), installed into a copy of the env.sh
+# tree and run there with chroot; it reads --print-capabilities and passes
+# separate options.
 all_cells=(
-    "default|<binary path> only: libvirt's defaults"
-    "options|xattr=on, cache=always, sandbox=chroot, lock posix/flock on, thread_pool 4"
-    "options-off|xattr=off, cache=none, sandbox=namespace, lock posix/flock off"
-    "debug|qemu.conf virtiofsd_debug=1 (libvirt adds -d)"
-    "session|qemu:///session as an unprivileged user"
+    "bookworm-default|<binary path> only: libvirt's defaults"
+    "bookworm-options|xattr=on, cache=always, sandbox=chroot, lock posix/flock on, thread_pool 4, a comma in the path"
+    "bookworm-options-off|xattr=off, cache=none, sandbox=namespace, lock posix/flock off"
+    "bookworm-debug|qemu.conf virtiofsd_debug=1 (libvirt adds -d)"
+    "bookworm-session|qemu:///session as an unprivileged user"
+    "forky-default|<binary path> only: libvirt's defaults"
+    "forky-options|xattr=on, cache=always, sandbox=chroot, thread_pool 4, openfiles 4096"
+    "forky-options-off|xattr=off, cache=none, sandbox=namespace"
+    "forky-debug|qemu.conf virtiofsd_debug=1 (libvirt adds --log-level debug)"
+    "forky-session|qemu:///session as an unprivileged user"
 )
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
@@ -99,8 +108,48 @@ fi
 env_out=$("$here/env.sh")
 eval "$env_out"
 tree=$DAXFSD_VM_TREE
-libvirt_version=$(libvirtd --version | awk '{print $NF}')
-log "libvirt $libvirt_version (libvirtd, host), QEMU $DAXFSD_VM_QEMU_VERSION (tree), kernel $DAXFSD_VM_KERNEL_VERSION"
+host_libvirt_version=$(libvirtd --version | awk '{print $NF}')
+log "libvirt $host_libvirt_version (libvirtd, host), QEMU $DAXFSD_VM_QEMU_VERSION (tree), kernel $DAXFSD_VM_KERNEL_VERSION"
+
+# ensure_lv_tree — the forky libvirt tree: a copy of the env.sh tree with
+# libvirt's QEMU driver installed, rebuilt when the env tree or this list
+# changes. Sets lv_tree and tree_libvirt_version.
+lv_tree=$DAXFSD_VM_CACHE/libvirt-tree
+tree_libvirt_version=
+ensure_lv_tree() {
+    local pkgs=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
+    local stamp=$lv_tree.stamp hash
+    hash=$( { cat "$DAXFSD_VM_CACHE/tree.stamp"; printf '%s\n' "${pkgs[@]}"; } | sha256sum | cut -d' ' -f1)
+    exec 8>"$DAXFSD_VM_CACHE/.libvirt-tree.lock"
+    flock 8
+    if [[ ! -d $lv_tree || ! -f $stamp || $(<"$stamp") != "$hash" ]]; then
+        log "building $lv_tree: the env tree plus forky's ${pkgs[*]} (about a minute)"
+        rm -rf "$lv_tree.new" "$stamp"
+        cp -a "$tree" "$lv_tree.new"
+        cp /etc/resolv.conf "$lv_tree.new/etc/resolv.conf"
+        # shellcheck disable=SC2016  # expanded by the inner bash
+        unshare --mount --propagation private -- bash -c '
+            set -e
+            t=$1; shift
+            mount -t proc proc "$t/proc"
+            chroot "$t" apt-get -o Acquire::Check-Valid-Until=false update -qq
+            DEBIAN_FRONTEND=noninteractive chroot "$t" apt-get install -y -qq \
+                --no-install-recommends "$@"
+            chroot "$t" apt-get clean' lv-tree "$lv_tree.new" "${pkgs[@]}" >&2
+        rm -rf "$lv_tree"
+        mv "$lv_tree.new" "$lv_tree"
+        printf '%s\n' "$hash" >"$stamp"
+    fi
+    exec 8>&-
+    tree_libvirt_version=$(chroot "$lv_tree" libvirtd --version | awk '{print $NF}')
+    log "libvirt $tree_libvirt_version (libvirtd, forky, in $lv_tree)"
+}
+for c in "${cells[@]}"; do
+    if [[ $c == forky-* ]]; then
+        ensure_lv_tree
+        break
+    fi
+done
 
 # ----------------------------------------------------------------- state ---
 work=$(mktemp -d "${TMPDIR:-/tmp}/daxfsd-libvirt.XXXXXX")
@@ -184,10 +233,13 @@ exec chroot "$tree" qemu-system-x86_64 "$@"'\'' qemu-wrapper "$tree" "$@"'
 chmod 0755 "$wrapper"
 
 # ------------------------------------------------------------- libvirtd ---
-# start_libvirtd [QEMU_CONF_LINE]... — (re)start libvirtd with a qemu.conf for
-# root without cgroups, namespaces, security drivers or virtlogd.
+# start_libvirtd FLAVOUR [QEMU_CONF_LINE]... — (re)start libvirtd (bookworm:
+# the host's; forky: the libvirt tree's, chrooted) with a qemu.conf for root
+# without cgroups, namespaces, security drivers or virtlogd.
 start_libvirtd() {
-    local i
+    local i flavour=$1 root=
+    shift
+    [[ $flavour == forky ]] && root=$lv_tree
     stop_libvirtd
     cat >"$work/etc/libvirtd.conf" <<EOF
 unix_sock_group = "root"
@@ -212,19 +264,33 @@ EOF
     # libvirtd resolves its build-time QEMU user (Debian: libvirt-qemu) before reading
     # qemu.conf; without libvirt-daemon-system that user does not exist. The private
     # namespace gets a passwd/group that have it, the host's stay untouched.
-    cp /etc/passwd "$work/passwd"
-    cp /etc/group "$work/group"
-    getent passwd libvirt-qemu >/dev/null ||
+    cp "$root/etc/passwd" "$work/passwd"
+    cp "$root/etc/group" "$work/group"
+    grep -q '^libvirt-qemu:' "$work/passwd" ||
         echo 'libvirt-qemu:x:64055:64055:libvirt (vm-tests):/var/lib/libvirt:/usr/sbin/nologin' >>"$work/passwd"
-    getent group libvirt-qemu >/dev/null || echo 'libvirt-qemu:x:64055:' >>"$work/group"
-    getent group kvm >/dev/null || echo 'kvm:x:64056:' >>"$work/group"
-    local binds
-    binds="mount --bind $(printf %q "$work/passwd") /etc/passwd; mount --bind $(printf %q "$work/group") /etc/group; "
+    grep -q '^libvirt-qemu:' "$work/group" || echo 'libvirt-qemu:x:64055:' >>"$work/group"
+    grep -q '^kvm:' "$work/group" || echo 'kvm:x:64056:' >>"$work/group"
+    local binds="" q d
+    if [[ -n $root ]]; then
+        # In the libvirt tree: the host's /dev, /proc, /sys, this run's work dir
+        # (shares) and the daemon's directory, at their host paths.
+        q=$(printf %q "$root")
+        # The tree's root a mount point of its own: daxfsd's namespace sandbox
+        # makes "/" a slave mount, which fails (EINVAL) on a plain chroot dir.
+        binds+="mount --bind $q $q; "
+        binds+="mount --rbind /dev $q/dev; mount -t proc proc $q/proc; mount --rbind /sys $q/sys; "
+        for d in "$work" "$(dirname "$daemon")"; do
+            binds+="mkdir -p $q$(printf %q "$d"); mount --bind $(printf %q "$d") $q$(printf %q "$d"); "
+        done
+    fi
+    binds+="mount --bind $(printf %q "$work/passwd") ${q:-}/etc/passwd; mount --bind $(printf %q "$work/group") ${q:-}/etc/group; "
     for d in "${lv_dirs[@]}"; do
-        binds+="mount --bind $(printf %q "$work/${d%%:*}") ${d#*:}; "
+        binds+="mkdir -p ${q:-}${d#*:}; mount --bind $(printf %q "$work/${d%%:*}") ${q:-}${d#*:}; "
     done
+    local launch="exec libvirtd --config /etc/libvirt/libvirtd.conf"
+    [[ -n $root ]] && launch="exec chroot $q libvirtd --config /etc/libvirt/libvirtd.conf"
     # A private mount namespace: libvirt's usual directories are this run's.
-    setsid unshare --mount --propagation private -- bash -c "set -e; $binds exec libvirtd --config /etc/libvirt/libvirtd.conf" \
+    setsid unshare --mount --propagation private -- bash -c "set -e; $binds $launch" \
         </dev/null >"$work/libvirtd.out" 2>&1 &
     libvirtd_pid=$!
     for ((i = 0; i < 100; i++)); do
@@ -244,19 +310,24 @@ cp "$DAXFSD_VM_KERNEL" "$work/lib/images/vmlinuz"
 # cell_binary_xml CELL — the <binary> element of a cell.
 cell_binary_xml() {
     case $1 in
-        default | debug | session) printf "<binary path='%s'/>" "$daemon" ;;
-        options) printf "<binary path='%s' xattr='on'><cache mode='always'/><sandbox mode='chroot'/><lock posix='on' flock='on'/><thread_pool size='4'/></binary>" "$daemon" ;;
-        options-off) printf "<binary path='%s' xattr='off'><cache mode='none'/><sandbox mode='namespace'/><lock posix='off' flock='off'/></binary>" "$daemon" ;;
+        *-default | *-debug | *-session) printf "<binary path='%s'/>" "$daemon" ;;
+        bookworm-options) printf "<binary path='%s' xattr='on'><cache mode='always'/><sandbox mode='chroot'/><lock posix='on' flock='on'/><thread_pool size='4'/></binary>" "$daemon" ;;
+        bookworm-options-off) printf "<binary path='%s' xattr='off'><cache mode='none'/><sandbox mode='namespace'/><lock posix='off' flock='off'/></binary>" "$daemon" ;;
+        forky-options) printf "<binary path='%s' xattr='on'><cache mode='always'/><sandbox mode='chroot'/><thread_pool size='4'/><openfiles max='4096'/></binary>" "$daemon" ;;
+        forky-options-off) printf "<binary path='%s' xattr='off'><cache mode='none'/><sandbox mode='namespace'/></binary>" "$daemon" ;;
     esac
 }
 
-# cell_expect CELL — words the daxfsd argv must hold for the cell.
+# cell_expect CELL SHARE — words the daxfsd argv must hold for the cell.
 cell_expect() {
     case $1 in
-        default) echo "--fd=" ;;
-        options) echo "--fd= share,,options,cache=always,sandbox=chroot,xattr,flock,posix_lock --thread-pool-size=4" ;;
-        options-off) echo "--fd= ,cache=none,sandbox=namespace,no_xattr,no_flock,no_posix_lock" ;;
-        debug) echo "--fd= -d" ;;
+        bookworm-default) echo "--fd= -o source=$2" ;;
+        bookworm-options) echo "--fd= share,,options,cache=always,sandbox=chroot,xattr,flock,posix_lock --thread-pool-size=4" ;;
+        bookworm-options-off) echo "--fd= ,cache=none,sandbox=namespace,no_xattr,no_flock,no_posix_lock" ;;
+        bookworm-debug) echo "--fd= -d" ;;
+        forky-default | forky-options-off) echo "--fd= --shared-dir" ;;
+        forky-options) echo "--fd= --shared-dir --cache --sandbox --xattr --thread-pool-size=4 --rlimit-nofile=4096" ;;
+        forky-debug) echo "--fd= --shared-dir --log-level" ;;
     esac
 }
 
@@ -264,9 +335,18 @@ cell_expect() {
 # options reached the daemon, not just its argv.
 cell_log_expect() {
     case $1 in
-        options) echo "sandbox: chroot into $2" ;;
-        debug) echo " DEBUG " ;;
+        *-options) echo "sandbox: chroot into $2" ;;
+        *-debug) echo " DEBUG " ;;
         *) echo "sandbox: new pid, mount, net and IPC namespaces; root = $2" ;;
+    esac
+}
+
+# cell_emulator CELL — the host's libvirt runs the tree's QEMU through the
+# wrapper; the tree's libvirt runs it directly.
+cell_emulator() {
+    case $1 in
+        bookworm-*) echo "$wrapper" ;;
+        forky-*) echo /usr/bin/qemu-system-x86_64 ;;
     esac
 }
 
@@ -296,7 +376,7 @@ domain_xml() {
   <on_reboot>destroy</on_reboot>
   <on_crash>destroy</on_crash>
   <devices>
-    <emulator>$wrapper</emulator>
+    <emulator>$(cell_emulator "$cell")</emulator>
     <filesystem type='mount' accessmode='passthrough'>
       <driver type='virtiofs' queue='1024'/>
       $(cell_binary_xml "$cell")
@@ -319,7 +399,8 @@ daxfsd_pids() {
     local p exe
     for p in /proc/[0-9]*; do
         exe=$(readlink "$p/exe" 2>/dev/null) || continue
-        [[ ${exe% (deleted)} == "$daemon" ]] && echo "${p#/proc/}"
+        # (Started in the libvirt tree, the path may show from that mount.)
+        [[ ${exe% (deleted)} == *"$daemon" ]] && echo "${p#/proc/}"
     done
     return 0
 }
@@ -327,21 +408,26 @@ daxfsd_pids() {
 # ----------------------------------------------------------------- cells ---
 # run_cell CELL — one domain; appends to failures/passed/skipped.
 run_cell() {
-    local cell=$1 name=daxfsd-lv-$1 share=$work/share-$1 start i state
+    local cell=$1 name=daxfsd-lv-$1 share=$work/share-$1 start i state flavour=${1%%-*}
     # A comma in the path: libvirt doubles it in the -o list, daxfsd must undo that.
-    [[ $cell == options ]] && share=$work/share,options
+    [[ $cell == bookworm-options ]] && share=$work/share,options
     local serial=$work/log/qemu/$name-serial.log
     local fail=() qconf=()
     echo "=== libvirt: $cell ($(printf '%s\n' "${all_cells[@]}" | sed -n "s/^$cell|//p"))"
     case $cell in
-        session)
-            skipped+=("session (libvirt $libvirt_version refuses virtiofs in session mode:" \
+        bookworm-session)
+            skipped+=("$cell (libvirt $host_libvirt_version refuses virtiofs in session mode:" \
                 "\"virtiofs is not yet supported in session mode\"; that came in libvirt 10.0)")
             echo "=== libvirt: $cell SKIPPED: ${skipped[-2]} ${skipped[-1]}"
             return 0 ;;
-        debug) qconf=("virtiofsd_debug = 1") ;;
+        forky-session)
+            skipped+=("$cell (not built yet: an unprivileged libvirtd --session in the tree," \
+                "/etc/subuid ranges for its --uid-map/--gid-map, daxfsd rootless)")
+            echo "=== libvirt: $cell SKIPPED: ${skipped[-2]} ${skipped[-1]}"
+            return 0 ;;
+        *-debug) qconf=("virtiofsd_debug = 1") ;;
     esac
-    start_libvirtd "${qconf[@]}" || { failures+=("$cell: libvirtd did not start"); return 0; }
+    start_libvirtd "$flavour" "${qconf[@]}" || { failures+=("$cell: libvirtd did not start"); return 0; }
     mkdir -p "$share"
     domain_xml "$name" "$cell" "$share" >"$work/$name.xml"
     ((verbose)) && sed 's/^/xml| /' "$work/$name.xml" >&2
@@ -373,7 +459,7 @@ run_cell() {
     echo "daxfsd argv (pid ${pid:-?}, from /proc): ${argv:-<not found>}"
     [[ -n $argv ]] || fail+=("no daxfsd process found from libvirt's pid file ($pidfile)")
     local w
-    for w in $(cell_expect "$cell"); do
+    for w in $(cell_expect "$cell" "$share"); do
         [[ " $argv" == *"$w"* ]] || fail+=("daxfsd argv lacks '$w'")
     done
 
@@ -473,7 +559,7 @@ for c in "${cells[@]}"; do
 done
 stop_libvirtd
 
-echo "=== libvirt tier: libvirt $libvirt_version, QEMU $DAXFSD_VM_QEMU_VERSION, kernel $DAXFSD_VM_KERNEL_VERSION"
+echo "=== libvirt tier: libvirt $host_libvirt_version (bookworm)${tree_libvirt_version:+ and $tree_libvirt_version (forky)}, QEMU $DAXFSD_VM_QEMU_VERSION, kernel $DAXFSD_VM_KERNEL_VERSION"
 echo "=== passed: ${passed[*]:-none}"
 ((${#skipped[@]} == 0)) || echo "=== skipped: ${skipped[*]}"
 if ((${#failures[@]})); then
