@@ -117,7 +117,8 @@ log "libvirt $host_libvirt_version (libvirtd, host), QEMU $DAXFSD_VM_QEMU_VERSIO
 lv_tree=$DAXFSD_VM_CACHE/libvirt-tree
 tree_libvirt_version=
 ensure_lv_tree() {
-    local pkgs=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
+    # uidmap: newuidmap/newgidmap for the rootless daxfsd of the session cell.
+    local pkgs=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients uidmap)
     local stamp=$lv_tree.stamp hash
     hash=$( { cat "$DAXFSD_VM_CACHE/tree.stamp"; printf '%s\n' "${pkgs[@]}"; } | sha256sum | cut -d' ' -f1)
     exec 8>"$DAXFSD_VM_CACHE/.libvirt-tree.lock"
@@ -163,13 +164,21 @@ done
 mkdir -p "$work/lib/images" "$work/log/qemu"
 sock=$work/run/libvirt-sock
 uri="qemu:///system?socket=$sock"
+# The session cell's user (exists only in the libvirt namespace's passwd) and
+# its XDG directories, at the same paths inside the tree and out.
+sess_user=daxfsd-lv
+sess_uid=64100
+sess_home=$work/session-home
+sess_env=(HOME="$sess_home" XDG_RUNTIME_DIR="$work/session-run"
+    XDG_CONFIG_HOME="$sess_home/.config" XDG_CACHE_HOME="$sess_home/.cache")
+as_user=()
 libvirtd_pid=
 domain=
 failures=()
 passed=()
 skipped=()
 
-virsh_() { virsh -q -c "$uri" "$@"; }
+virsh_() { "${as_user[@]}" virsh -q -c "$uri" "$@"; }
 
 # stop_libvirtd — end the libvirtd we started (politely, then firmly).
 stop_libvirtd() {
@@ -233,33 +242,50 @@ exec chroot "$tree" qemu-system-x86_64 "$@"'\'' qemu-wrapper "$tree" "$@"'
 chmod 0755 "$wrapper"
 
 # ------------------------------------------------------------- libvirtd ---
-# start_libvirtd FLAVOUR [QEMU_CONF_LINE]... — (re)start libvirtd (bookworm:
-# the host's; forky: the libvirt tree's, chrooted) with a qemu.conf for root
-# without cgroups, namespaces, security drivers or virtlogd.
+# start_libvirtd FLAVOUR MODE [QEMU_CONF_LINE]... — (re)start libvirtd
+# (bookworm: the host's; forky: the libvirt tree's, with pivot_root; MODE
+# system: as root, session: as $sess_user) with a qemu.conf without cgroups,
+# namespaces, security drivers or virtlogd.
 start_libvirtd() {
-    local i flavour=$1 root=
-    shift
+    local i flavour=$1 mode=$2 root=
+    shift 2
     [[ $flavour == forky ]] && root=$lv_tree
     stop_libvirtd
-    cat >"$work/etc/libvirtd.conf" <<EOF
+    sock=$work/run/libvirt-sock
+    uri="qemu:///system?socket=$sock"
+    as_user=()
+    local conf_dir=$work/etc
+    if [[ $mode == session ]]; then
+        [[ -n $root ]] || die "session mode needs the forky libvirt"
+        conf_dir=$sess_home/.config/libvirt
+        mkdir -p "$conf_dir" "$work/session-run" "$work/slog"
+        chmod 0700 "$work/session-run"
+        sock=$work/session-run/libvirt/libvirt-sock
+        uri="qemu:///session?socket=$sock"
+        as_user=(setpriv --reuid="$sess_uid" --regid="$sess_uid" --clear-groups env "${sess_env[@]}")
+    fi
+    if [[ $mode == system ]]; then
+        cat >"$conf_dir/libvirtd.conf" <<EOF
 unix_sock_group = "root"
 unix_sock_rw_perms = "0700"
 auth_unix_rw = "none"
 log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
 EOF
+    else
+        printf 'log_outputs = "3:file:%s"\n' "$work/log/libvirtd.log" >"$conf_dir/libvirtd.conf"
+    fi
     {
+        [[ $mode == system ]] && printf '%s\n' 'user = "root"' 'group = "root"'
         cat <<'EOF'
-user = "root"
-group = "root"
 dynamic_ownership = 0
 remember_owner = 0
 security_driver = "none"
-namespaces = [ ]
 cgroup_controllers = [ ]
 stdio_handler = "file"
 EOF
+        [[ $mode == system ]] && echo 'namespaces = [ ]'
         printf '%s\n' "$@"
-    } >"$work/etc/qemu.conf"
+    } >"$conf_dir/qemu.conf"
     : >"$work/log/libvirtd.log"
     # libvirtd resolves its build-time QEMU user (Debian: libvirt-qemu) before reading
     # qemu.conf; without libvirt-daemon-system that user does not exist. The private
@@ -270,6 +296,14 @@ EOF
         echo 'libvirt-qemu:x:64055:64055:libvirt (vm-tests):/var/lib/libvirt:/usr/sbin/nologin' >>"$work/passwd"
     grep -q '^libvirt-qemu:' "$work/group" || echo 'libvirt-qemu:x:64055:' >>"$work/group"
     grep -q '^kvm:' "$work/group" || echo 'kvm:x:64056:' >>"$work/group"
+    echo "$sess_user:x:$sess_uid:$sess_uid:libvirt session (vm-tests):$sess_home:/bin/sh" >>"$work/passwd"
+    echo "$sess_user:x:$sess_uid:" >>"$work/group"
+    # Subordinate ids for the session user: libvirt maps them with --uid-map/--gid-map.
+    echo "$sess_user:200000:65536" >"$work/subuid"
+    echo "$sess_user:200000:65536" >"$work/subgid"
+    if [[ $mode == session ]]; then
+        chown -R "$sess_uid:$sess_uid" "$sess_home" "$work/session-run" "$work/slog" "$work/log/libvirtd.log"
+    fi
     local binds="" q d
     if [[ -n $root ]]; then
         # In the libvirt tree: the host's /dev, /proc, /sys, this run's work dir
@@ -283,12 +317,23 @@ EOF
             binds+="mkdir -p $q$(printf %q "$d"); mount --bind $(printf %q "$d") $q$(printf %q "$d"); "
         done
     fi
-    binds+="mount --bind $(printf %q "$work/passwd") ${q:-}/etc/passwd; mount --bind $(printf %q "$work/group") ${q:-}/etc/group; "
+    for d in passwd group subuid subgid; do
+        binds+="touch ${q:-}/etc/$d; mount --bind $(printf %q "$work/$d") ${q:-}/etc/$d; "
+    done
     for d in "${lv_dirs[@]}"; do
         binds+="mkdir -p ${q:-}${d#*:}; mount --bind $(printf %q "$work/${d%%:*}") ${q:-}${d#*:}; "
     done
     local launch="exec libvirtd --config /etc/libvirt/libvirtd.conf"
-    [[ -n $root ]] && launch="exec chroot $q libvirtd --config /etc/libvirt/libvirtd.conf"
+    if [[ -n $root ]]; then
+        # pivot_root, not chroot: a chrooted process cannot create a user
+        # namespace (EPERM), which the rootless daxfsd of session mode does.
+        launch="cd $q; mkdir -p .oldroot; pivot_root . .oldroot; cd /; "
+        if [[ $mode == session ]]; then
+            launch+="exec ${as_user[*]@Q} libvirtd"
+        else
+            launch+="exec libvirtd --config /etc/libvirt/libvirtd.conf"
+        fi
+    fi
     # A private mount namespace: libvirt's usual directories are this run's.
     setsid unshare --mount --propagation private -- bash -c "set -e; $binds $launch" \
         </dev/null >"$work/libvirtd.out" 2>&1 &
@@ -328,6 +373,7 @@ cell_expect() {
         forky-default | forky-options-off) echo "--fd= --shared-dir" ;;
         forky-options) echo "--fd= --shared-dir --cache --sandbox --xattr --thread-pool-size=4 --rlimit-nofile=4096" ;;
         forky-debug) echo "--fd= --shared-dir --log-level" ;;
+        forky-session) echo "--fd= --shared-dir --uid-map= --gid-map=" ;;
     esac
 }
 
@@ -337,6 +383,7 @@ cell_log_expect() {
     case $1 in
         *-options) echo "sandbox: chroot into $2" ;;
         *-debug) echo " DEBUG " ;;
+        *-session) echo "mount, net and IPC namespaces; root = $2" ;;
         *) echo "sandbox: new pid, mount, net and IPC namespaces; root = $2" ;;
     esac
 }
@@ -350,9 +397,12 @@ cell_emulator() {
     esac
 }
 
-# domain_xml NAME CELL SHARE — the domain of a cell.
+# domain_xml NAME CELL SHARE SERIAL — the domain of a cell.
 domain_xml() {
-    local name=$1 cell=$2 share=$3
+    local name=$1 cell=$2 share=$3 serial=$4 images=/var/lib/libvirt/images
+    # The session's QEMU sees the work dir (bound into the tree) but not the system dirs.
+    [[ $cell == forky-session ]] && images=$work/lib/images
+    [[ $cell == forky-session ]] || serial=/var/log/libvirt/qemu/$name-serial.log
     cat <<EOF
 <domain type='qemu'>
   <name>$name</name>
@@ -364,8 +414,8 @@ domain_xml() {
   </memoryBacking>
   <os>
     <type arch='x86_64' machine='q35'>hvm</type>
-    <kernel>/var/lib/libvirt/images/vmlinuz</kernel>
-    <initrd>/var/lib/libvirt/images/initramfs.cpio.gz</initrd>
+    <kernel>$images/vmlinuz</kernel>
+    <initrd>$images/initramfs.cpio.gz</initrd>
     <cmdline>console=ttyS0 panic=-1 loglevel=4 daxfsd.tag=daxfsd daxfsd.test=mount,smoke daxfsd.shell=1</cmdline>
   </os>
   <features>
@@ -384,7 +434,7 @@ domain_xml() {
       <target dir='daxfsd'/>
     </filesystem>
     <serial type='file'>
-      <source path='/var/log/libvirt/qemu/$name-serial.log'/>
+      <source path='$serial'/>
       <target port='0'/>
     </serial>
     <controller type='usb' model='none'/>
@@ -420,16 +470,18 @@ run_cell() {
                 "\"virtiofs is not yet supported in session mode\"; that came in libvirt 10.0)")
             echo "=== libvirt: $cell SKIPPED: ${skipped[-2]} ${skipped[-1]}"
             return 0 ;;
-        forky-session)
-            skipped+=("$cell (not built yet: an unprivileged libvirtd --session in the tree," \
-                "/etc/subuid ranges for its --uid-map/--gid-map, daxfsd rootless)")
-            echo "=== libvirt: $cell SKIPPED: ${skipped[-2]} ${skipped[-1]}"
-            return 0 ;;
         *-debug) qconf=("virtiofsd_debug = 1") ;;
     esac
-    start_libvirtd "$flavour" "${qconf[@]}" || { failures+=("$cell: libvirtd did not start"); return 0; }
+    local mode=system
+    if [[ $cell == forky-session ]]; then
+        mode=session
+        serial=$work/slog/$name-serial.log
+    fi
+    start_libvirtd "$flavour" "$mode" "${qconf[@]}" || { failures+=("$cell: libvirtd did not start"); return 0; }
     mkdir -p "$share"
-    domain_xml "$name" "$cell" "$share" >"$work/$name.xml"
+    [[ $mode == session ]] && chown "$sess_uid:$sess_uid" "$share"
+    domain_xml "$name" "$cell" "$share" "$serial" >"$work/$name.xml"
+    chmod 0644 "$work/$name.xml"
     ((verbose)) && sed 's/^/xml| /' "$work/$name.xml" >&2
     if ! virsh_ define "$work/$name.xml" >"$work/$cell-define.out" 2>&1; then
         cat "$work/$cell-define.out" >&2
@@ -449,7 +501,7 @@ run_cell() {
     # The daemon libvirt started, from its pid file, and its argv.
     local pidfile pid argv=
     # libvirt shortens the domain name in it: <id>-<name, cut>-fs0-fs.pid.
-    pidfile=$(find "$work/run/qemu" -maxdepth 1 -name '*-fs0-fs.pid' 2>/dev/null | head -n1 || true)
+    pidfile=$(find "$work/run/qemu" "$work/session-run" -name '*-fs0-fs.pid' 2>/dev/null | head -n1 || true)
     pid=$(cat "$pidfile" 2>/dev/null || true)
     if [[ -n $pid && -r /proc/$pid/cmdline ]]; then
         argv=$(tr '\0' ' ' <"/proc/$pid/cmdline")
@@ -458,6 +510,11 @@ run_cell() {
     pids_before=$(daxfsd_pids | tr '\n' ' ')
     echo "daxfsd argv (pid ${pid:-?}, from /proc): ${argv:-<not found>}"
     [[ -n $argv ]] || fail+=("no daxfsd process found from libvirt's pid file ($pidfile)")
+    if [[ $mode == session && -n $pid ]]; then
+        local duid
+        duid=$(stat -c %u "/proc/$pid" 2>/dev/null || echo '?')
+        [[ $duid == "$sess_uid" ]] || fail+=("session daxfsd runs as uid $duid, not the session user's $sess_uid")
+    fi
     local w
     for w in $(cell_expect "$cell" "$share"); do
         [[ " $argv" == *"$w"* ]] || fail+=("daxfsd argv lacks '$w'")
@@ -513,7 +570,7 @@ run_cell() {
 
     # The daemon's own log (libvirt's <domain>-fs0-virtiofsd.log): no ERROR lines.
     local dlog
-    dlog=$(find "$work/log/qemu" -maxdepth 1 -name "$name*virtiofsd.log" 2>/dev/null | head -n1 || true)
+    dlog=$(find "$work/log/qemu" "$sess_home" -name "$name*virtiofsd.log" 2>/dev/null | head -n1 || true)
     if [[ -n $dlog ]] && grep -a -q -E '^\[[^]]* ERROR ' "$dlog"; then
         fail+=("daemon logged ERROR: $(grep -a -m1 -E '^\[[^]]* ERROR ' "$dlog")")
     fi
@@ -525,7 +582,10 @@ run_cell() {
         fail+=("daemon log lacks '$want'")
     fi
     if [[ -n $done_rc ]]; then
-        "$here/host-check-smoke.sh" "$share" >"$work/$cell-host-check.out" 2>&1 ||
+        # Session mode: libvirt maps the guest's root to the session user.
+        local owner=0:0
+        [[ $mode == session ]] && owner=$sess_uid:$sess_uid
+        DAXFSD_SMOKE_OWNER=$owner "$here/host-check-smoke.sh" "$share" >"$work/$cell-host-check.out" 2>&1 ||
             { cat "$work/$cell-host-check.out"; fail+=("host check of the share failed"); }
     fi
     virsh_ undefine "$name" >/dev/null || fail+=("virsh undefine failed")
