@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# libvirt.sh — the libvirt tier: libvirt (the host's Debian packages) starts
-# daxfsd itself from a domain's <filesystem> element, as it starts virtiofsd,
-# and the guest mounts the tag and passes the POSIX smoke.
+# libvirt.sh — the libvirt tier: libvirt starts daxfsd itself from a domain's
+# <filesystem> element, as it starts virtiofsd, and the guest mounts the tag
+# and passes the POSIX smoke.
 #
 # Usage:
 #   vm-tests/libvirt.sh [--daemon PATH] [--cell NAME]... [--timeout SECS]
@@ -14,25 +14,33 @@
 #   --keep          keep the work dir (libvirt state, logs, shares)
 #   --verbose       print libvirtd's log and the domain XML of each cell
 #
-# What it does, per cell: installs libvirt if missing (apt), builds the VM
+# Two libvirts: bookworm-* cells use the host's (Debian bookworm, 9.0, which
+# passes virtiofsd's legacy -o options); forky-* cells use Debian forky's
+# (12.x, which reads --print-capabilities and passes separate options, and
+# runs virtiofs in session mode), installed once into a copy of the env.sh
+# tree ($DAXFSD_VM_CACHE/libvirt-tree) and run there (pivot_root).
+#
+# Per cell: installs the host's libvirt if missing (apt), builds the VM
 # environment (env.sh: a Debian forky tree with QEMU 11.1), starts its own
-# libvirtd (system mode, as root, no systemd) in a private mount namespace in
-# which /etc/libvirt, /run/libvirt, /var/lib/libvirt, /var/log/libvirt and
-# /var/cache/libvirt are this run's work dirs, `virsh define`s and `virsh
-# start`s a TCG domain (direct kernel boot of vm-tests' initramfs, shared
-# memfd memory, a virtiofs filesystem whose <binary path> is daxfsd, serial
-# console to a file), waits for the guest's DAXFSD-DONE line, requires every
-# DAXFSD-RESULT to pass, prints the argv libvirt gave daxfsd, then `virsh
+# libvirtd (no systemd) in a private mount namespace in which /etc/libvirt,
+# /run/libvirt, /var/lib/libvirt, /var/log/libvirt and /var/cache/libvirt are
+# this run's work dirs — as root (qemu:///system) or, for forky-session, as
+# an unprivileged user known only there (qemu:///session, /etc/subuid ranges);
+# `virsh define`s and `virsh start`s a TCG domain (direct kernel boot of
+# vm-tests' initramfs, shared memfd memory, a virtiofs filesystem whose
+# <binary path> is daxfsd, serial console to a file), waits for the guest's
+# DAXFSD-DONE line, requires every DAXFSD-RESULT to pass, prints the argv
+# libvirt gave daxfsd and checks it and the daemon's log, then `virsh
 # destroy`s the still running guest (daxfsd.shell=1 keeps it up, the mount
 # live), checks that no daxfsd process is left and that the guest's smoke
 # files are in the share (host-check-smoke.sh), and undefines the domain.
 #
-# QEMU lives in the env.sh tree, so the domain's <emulator> is a wrapper
-# (written into the work dir) that runs the tree's qemu-system-x86_64 with
-# chroot in a private mount namespace holding /dev, /proc, /sys and libvirt's
-# directories at their usual paths: the sockets, pid files, kernel and logs
-# libvirt names are then the same inside and outside the chroot. The
-# wrapper also serves libvirt's capability probing (-qmp ... -daemonize).
+# The host's libvirt has no QEMU 11.1 beside it: its domains' <emulator> is a
+# wrapper (written into the work dir) that runs the tree's qemu-system-x86_64
+# with chroot in a private mount namespace holding /dev, /proc, /sys and
+# libvirt's directories at their usual paths, so the sockets, pid files,
+# kernel and logs libvirt names are the same inside and outside the chroot.
+# The wrapper also serves libvirt's capability probing (-qmp ... -daemonize).
 #
 # Exit status: 0 when every cell passed, 1 if one failed, 2 on usage or
 # environment errors. Cleans up on every exit: destroys and undefines the
