@@ -1,9 +1,10 @@
 //! Command-line options, named as virtiofsd names them, and `--print-capabilities`.
 //! Parsing and printing only; main.rs turns options into configuration.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, Parser, ValueEnum};
 
 /// Cache policy names (virtiofsd's `--cache`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -63,7 +64,7 @@ pub enum LogLevel {
 
 /// daxfsd: a vhost-user virtio-fs device (virtiofsd-compatible options).
 #[derive(Debug, Parser)]
-#[command(version, about, args_override_self = true)]
+#[command(version, about, args_override_self = true, after_help = LEGACY_HELP)]
 pub struct Options {
     /// Directory to share with the guest.
     #[arg(long, required_unless_present = "print_capabilities")]
@@ -196,10 +197,213 @@ pub struct Options {
     pub print_capabilities: bool,
 }
 
+const LEGACY_HELP: &str = "virtiofsd's legacy forms are accepted too (libvirt before 10.0 passes them): \
+-o source=DIR,cache=none|auto|always|metadata,sandbox=MODE,xattr,no_xattr,posix_acl,no_posix_acl,\
+flock,no_flock,posix_lock,no_posix_lock,log_level=LEVEL,writeback,no_writeback,readdirplus,\
+no_readdirplus,announce_submounts,no_announce_submounts,allow_direct_io,killpriv_v2,no_killpriv_v2,\
+modcaps=CAPS (',,' is a literal comma), -d (--log-level debug) and -f (ignored: always in the \
+foreground). POSIX and flock locks are forwarded together: no_posix_lock and no_flock must come \
+together (they give --no-posix-locks).";
+
+/// Parses the process's arguments, legacy forms (see [`legacy_to_separate`]) included; exits
+/// with clap's usage error on a bad one.
+pub fn parse_args() -> Options {
+    match legacy_to_separate(std::env::args_os()) {
+        Ok(args) => Options::parse_from(args),
+        Err(msg) => Options::command().error(clap::error::ErrorKind::ValueValidation, msg).exit(),
+    }
+}
+
+/// Rewrites virtiofsd's legacy options into the separate ones: `-o a,b=c` (or `-oa,b=c`),
+/// which libvirt before 10.0 passes (`--fd=N -o source=DIR,cache=...,xattr,...`), `-d` and
+/// `-f`. Everything else is passed through unchanged; the first item (the program) too.
+pub fn legacy_to_separate<I: IntoIterator<Item = OsString>>(args: I) -> Result<Vec<OsString>, String> {
+    let mut out = Vec::new();
+    let mut lock_off = (false, false); // (posix, flock)
+    let mut args = args.into_iter();
+    out.extend(args.next());
+    while let Some(arg) = args.next() {
+        let list = match arg.to_str() {
+            Some("-d") => {
+                out.push("--log-level=debug".into());
+                continue;
+            }
+            Some("-f") => continue,
+            Some("-o") => args.next().ok_or("-o needs a value")?,
+            Some(a) if a.starts_with("-o") && !a.starts_with("-o=") => OsString::from(&a[2..]),
+            _ => {
+                out.push(arg);
+                continue;
+            }
+        };
+        let list = list.into_string().map_err(|l| format!("-o {}: not UTF-8", l.to_string_lossy()))?;
+        for item in split_legacy_list(&list) {
+            push_legacy_item(&item, &mut out, &mut lock_off)?;
+        }
+    }
+    match lock_off {
+        (true, true) => out.push("--no-posix-locks".into()),
+        (false, false) => {}
+        _ => {
+            return Err("-o no_posix_lock and no_flock: daxfsd forwards POSIX and flock locks together \
+                        (--no-posix-locks turns both off), give both or neither"
+                .into());
+        }
+    }
+    Ok(out)
+}
+
+/// Appends the separate form of one legacy `-o` item; the lock switches are collected in
+/// `lock_off` (posix, flock) and decided once all items are seen.
+fn push_legacy_item(item: &str, out: &mut Vec<OsString>, lock_off: &mut (bool, bool)) -> Result<(), String> {
+    let (key, value) = match item.split_once('=') {
+        Some((k, v)) => (k, Some(v)),
+        None => (item, None),
+    };
+    let long = key.replace('_', "-");
+    match (key, value) {
+        ("source", Some(dir)) => {
+            out.push("--shared-dir".into());
+            out.push(dir.into());
+        }
+        ("cache", Some(mode)) => {
+            let mode = match mode {
+                "none" | "never" => "never",
+                "auto" | "always" | "metadata" => mode,
+                _ => return Err(format!("-o cache={mode}: expected none, auto, always or metadata")),
+            };
+            out.push(format!("--cache={mode}").into());
+        }
+        ("log_level", Some("err")) => out.push("--log-level=error".into()),
+        ("sandbox" | "log_level" | "modcaps", Some(v)) => out.push(format!("--{long}={v}").into()),
+        (
+            "xattr"
+            | "posix_acl"
+            | "writeback"
+            | "no_readdirplus"
+            | "announce_submounts"
+            | "no_announce_submounts"
+            | "allow_direct_io"
+            | "killpriv_v2"
+            | "no_killpriv_v2",
+            None,
+        ) => out.push(format!("--{long}").into()),
+        // The defaults: nothing to add.
+        ("no_xattr" | "no_posix_acl" | "no_writeback" | "readdirplus" | "posix_lock" | "flock", None) => {}
+        ("no_posix_lock", None) => lock_off.0 = true,
+        ("no_flock", None) => lock_off.1 = true,
+        _ => return Err(format!("-o {item}: unknown or malformed legacy option")),
+    }
+    Ok(())
+}
+
+/// Splits a legacy `-o` list at single commas; `,,` stands for a comma (libvirt doubles
+/// the commas of a path).
+fn split_legacy_list(list: &str) -> Vec<String> {
+    let mut items = Vec::new();
+    let mut cur = String::new();
+    let mut chars = list.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != ',' {
+            cur.push(c);
+        } else if chars.peek() == Some(&',') {
+            chars.next();
+            cur.push(',');
+        } else {
+            items.push(std::mem::take(&mut cur));
+        }
+    }
+    items.push(cur);
+    items.retain(|i| !i.is_empty());
+    items
+}
+
 /// What `--print-capabilities` prints: the vhost-user.json backend description libvirt reads.
 pub fn print_capabilities() {
     #[allow(clippy::print_stdout)]
     {
         println!("{{\n  \"type\": \"fs\",\n  \"features\": [\n    \"separate-options\"\n  ]\n}}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn legacy(args: &[&str]) -> Result<Vec<String>, String> {
+        let v = legacy_to_separate(args.iter().map(OsString::from))?;
+        Ok(v.into_iter().map(|a| a.into_string().unwrap()).collect())
+    }
+
+    fn parse(args: &[&str]) -> Options {
+        Options::try_parse_from(legacy_to_separate(args.iter().map(OsString::from)).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn separate_options_pass_through() {
+        let args = ["daxfsd", "--fd=3", "--shared-dir", "/s", "--cache", "never", "--xattr"];
+        assert_eq!(legacy(&args).unwrap(), args);
+    }
+
+    /// What libvirt 9.0 passes for `<binary xattr='on'><cache mode='always'/><sandbox
+    /// mode='chroot'/><lock posix='on' flock='on'/><thread_pool size='4'/></binary>`.
+    #[test]
+    fn libvirt_9_all_on() {
+        let o = parse(&[
+            "daxfsd",
+            "--fd=25",
+            "-o",
+            "source=/srv/a,,b,cache=always,sandbox=chroot,xattr,flock,posix_lock",
+            "--thread-pool-size=4",
+        ]);
+        assert_eq!(o.fd, Some(25));
+        assert_eq!(o.shared_dir, Some(PathBuf::from("/srv/a,b")));
+        assert_eq!(o.cache, Cache::Always);
+        assert_eq!(o.sandbox, Sandbox::Chroot);
+        assert!(o.xattr);
+        assert!(!o.no_posix_locks);
+        assert_eq!(o.thread_pool_size, 4);
+    }
+
+    /// ... and for `xattr='off'`, `cache mode='none'`, `lock posix='off' flock='off'`, with
+    /// qemu.conf's virtiofsd_debug (-d).
+    #[test]
+    fn libvirt_9_all_off_and_debug() {
+        let o = parse(&[
+            "daxfsd",
+            "--fd=25",
+            "-o",
+            "source=/srv,cache=none,sandbox=namespace,no_xattr,no_flock,no_posix_lock",
+            "-d",
+        ]);
+        assert_eq!(o.shared_dir, Some(PathBuf::from("/srv")));
+        assert_eq!(o.cache, Cache::Never);
+        assert_eq!(o.sandbox, Sandbox::Namespace);
+        assert!(!o.xattr);
+        assert!(o.no_posix_locks);
+        assert_eq!(o.log_level, LogLevel::Debug);
+    }
+
+    #[test]
+    fn legacy_forms() {
+        assert_eq!(
+            legacy(&["d", "-osource=/x,log_level=err,no_readdirplus,announce_submounts", "-f"]).unwrap(),
+            ["d", "--shared-dir", "/x", "--log-level=error", "--no-readdirplus", "--announce-submounts"]
+        );
+        assert_eq!(legacy(&["d", "-o", "modcaps=+sys_admin:-mknod"]).unwrap(), ["d", "--modcaps=+sys_admin:-mknod"]);
+        let o = parse(&["d", "--fd=3", "-o", "source=/x", "-o", "writeback,killpriv_v2,allow_direct_io,posix_acl"]);
+        assert!(o.writeback && o.killpriv_v2 && o.allow_direct_io && o.posix_acl);
+    }
+
+    #[test]
+    fn legacy_errors() {
+        assert!(legacy(&["d", "-o"]).is_err());
+        assert!(legacy(&["d", "-o", "source=/x,bogus"]).is_err());
+        assert!(legacy(&["d", "-o", "cache=sometimes"]).is_err());
+        assert!(legacy(&["d", "-o", "xattr=yes"]).is_err());
+        // One lock kind off alone cannot be honoured: refused, not ignored.
+        assert!(legacy(&["d", "-o", "source=/x,no_flock"]).is_err());
+        assert!(legacy(&["d", "-o", "source=/x,posix_lock,no_flock"]).is_err());
+        assert!(legacy(&["d", "-o", "no_posix_lock"]).is_err());
     }
 }

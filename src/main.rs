@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Parser;
 use log::{error, info, warn};
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
@@ -302,7 +301,7 @@ fn pool_size(requested: usize) -> usize {
 /// Parses and checks everything, listens, enters the sandbox (the process that started stays
 /// outside as the supervisor and returns the daemon's exit code), then builds and serves.
 fn run() -> Result<u8, StartupError> {
-    let o = Options::parse();
+    let o = cli::parse_args();
     if o.print_capabilities {
         cli::print_capabilities();
         return Ok(0);

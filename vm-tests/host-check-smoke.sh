@@ -3,7 +3,7 @@
 # that what the guest did through virtiofs landed in the shared directory
 # (the files vm-tests/guest/init leaves in smoke-keep/).
 #
-# Usage:  vm-tests/host-check-smoke.sh SHARE_DIR
+# Usage:  [DAXFSD_SMOKE_OWNER=UID:GID] vm-tests/host-check-smoke.sh SHARE_DIR
 #   (run-vm.sh --test smoke --host-check vm-tests/host-check-smoke.sh)
 # Prints one line per check; exits 1 if any failed.
 set -euo pipefail
@@ -46,8 +46,9 @@ sum_ok() { (cd "$dir" && sha256sum --quiet -c random.bin.sha256); }
 check "random.bin sha256 (guest's sum)" sum_ok
 # The guest cleaned up its scratch dir.
 check "smoke scratch dir removed" test ! -e "$share/smoke"
-# Files created by the guest (as root) are owned by root on the host.
-same "owner" "$(stat -c %u:%g "$dir/hello.txt")" 0:0
+# Files created by the guest (as root) are owned by root on the host, or by the uid:gid
+# the guest's root maps to (DAXFSD_SMOKE_OWNER, e.g. a rootless daemon's own ids).
+same "owner" "$(stat -c %u:%g "$dir/hello.txt")" "${DAXFSD_SMOKE_OWNER:-0:0}"
 
 if ((fails)); then
     printf 'host-check: %d check(s) failed\n' "$fails"
