@@ -130,3 +130,19 @@ fn files_over_the_copy_limit_and_copy_max_0_map_the_file() {
     let ino = std::fs::metadata(d.path("big")).unwrap().ino();
     assert_eq!(c.vmm.window().pieces().iter().map(|p| p.ino).collect::<Vec<_>>(), vec![ino]);
 }
+
+/// A copy is read-only for the guest: it can neither change it nor leave bytes in the slot
+/// that a later copy of another file would show past that file's EOF.
+#[test]
+fn a_copy_slot_is_read_only_and_a_reused_slot_shows_nothing_of_earlier_copies() {
+    let (_d, c) = daemon(&[]);
+    let (a, _) = small_file(&c, "a", &[b'a'; 9000]);
+    let (b, _) = small_file(&c, "b", b"b");
+    c.setupmapping(a, 0, MB2, R, 0).unwrap();
+    assert!(c.vmm.window().write(8192, b"PLANTED").is_err(), "the guest wrote into a copy slot");
+    assert!(c.vmm.window().pieces().iter().all(|p| !p.writable));
+    c.removemapping(&[(0, MB2)]).unwrap();
+    c.setupmapping(b, 0, MB2, R, 0).unwrap();
+    assert_slot_is(&c, 0, b"b");
+    assert!(c.vmm.window().read(8192, 808).unwrap().iter().all(|&x| x == 0), "a's bytes past b's EOF");
+}

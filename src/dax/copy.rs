@@ -72,9 +72,16 @@ impl Copies {
         self.backed.contains(&slot.start.0)
     }
 
-    /// Installs the backing at `slot`.
+    /// Copies held.
+    pub fn len(&self) -> usize {
+        self.copies.len()
+    }
+
+    /// Installs the backing at `slot`, zeroed, read-only: the guest can neither change a copy
+    /// nor leave bytes in the slot for a later copy to show past its file's EOF.
     pub fn back(&mut self, slot: WinRange, backing: BorrowedFd<'_>, mapper: &dyn Mapper) -> Result<(), DaxError> {
-        mapper.map(slot, backing, FileOffset(slot.start.0), true)?;
+        sys::punch(backing, slot.start.0, slot.len).map_err(DaxError::Host)?;
+        mapper.map(slot, backing, FileOffset(slot.start.0), false)?;
         self.backed.insert(slot.start.0);
         Ok(())
     }
@@ -90,9 +97,9 @@ impl Copies {
         let mut inodes = Vec::new();
         for k in keys {
             if let Some(c) = self.copies.remove(&k) {
-                if c.filled > 0 && sys::punch(backing, c.range.start.0, c.filled).is_err() {
-                    // Left as it is: the next copy there overwrites what it fills and zeroes the rest.
-                    log::debug!("cannot zero the copy at {:#x}", c.range.start.0);
+                if let Err(e) = sys::punch(backing, c.range.start.0, c.range.len) {
+                    // Only fills write the backing, and each starts by zeroing its range.
+                    log::debug!("cannot zero the copy at {:#x}: {e}", c.range.start.0);
                 }
                 inodes.push(c.inode);
             }
@@ -138,6 +145,13 @@ impl Copies {
         self.copies.insert(c.range.start.0, c);
     }
 
+    /// Whether some copy of `inode` was made before its file last changed (one fstat).
+    pub fn stale(&self, inode: InodeId) -> bool {
+        let Some(file) = self.file_of(inode) else { return false };
+        let Ok(now) = stamp(file.as_fd()) else { return true };
+        self.copies.values().any(|c| c.inode == inode && c.stamp != now)
+    }
+
     /// Whether `inode` has copies.
     pub fn has_inode(&self, inode: InodeId) -> bool {
         self.copies.values().any(|c| c.inode == inode)
@@ -156,9 +170,15 @@ impl Copies {
             if stamp.is_some_and(|s| s == c.stamp) {
                 continue;
             }
-            let (filled, stamp) = fill(c.file.as_fd(), c.foffset, c.range, c.filled, backing)?;
-            c.filled = filled;
-            c.stamp = stamp;
+            match fill(c.file.as_fd(), c.foffset, c.range, backing) {
+                Ok((filled, stamp)) => (c.filled, c.stamp) = (filled, stamp),
+                Err(e) => {
+                    // `fill` left the range zeroed: the guest reads zeros, never stale bytes
+                    // past EOF, until the next refresh.
+                    c.filled = 0;
+                    return Err(e);
+                }
+            }
             n += 1;
         }
         Ok(n)
@@ -191,25 +211,39 @@ pub fn stamp(file: BorrowedFd<'_>) -> io::Result<Stamp> {
     Ok(Stamp { size, mtime, ctime })
 }
 
-/// Copies `file` from `foffset` into the backing at `range` up to EOF (at most the range) and
-/// zeroes what an earlier fill (`filled` bytes) left past that. Returns the bytes filled and
-/// the stamp they were read under.
+/// Copies `file` from `foffset` into the backing at `range` up to EOF (at most the range),
+/// zeros after. Returns the bytes filled and the stamp they were read under. On an error the
+/// range is left zeroed (or as zeroed as the backing allows).
 pub fn fill(
     file: BorrowedFd<'_>,
     foffset: FileOffset,
     range: WinRange,
-    filled: u64,
+    backing: BorrowedFd<'_>,
+) -> io::Result<(u64, Stamp)> {
+    let r = fill_once(file, foffset, range, backing);
+    if r.is_err() {
+        let _ = sys::punch(backing, range.start.0, range.len);
+    }
+    r
+}
+
+fn fill_once(
+    file: BorrowedFd<'_>,
+    foffset: FileOffset,
+    range: WinRange,
     backing: BorrowedFd<'_>,
 ) -> io::Result<(u64, Stamp)> {
     let st = stamp(file)?;
+    // `range` lies within one slot: at most 2 MiB.
     let want = st.size.saturating_sub(foffset.0).min(range.len);
     let mut buf = vec![0u8; usize::try_from(want).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?];
     let got = sys::pread_full(file, &mut buf, foffset.0)?;
-    let got_bytes = buf.get(..got).unwrap_or_default();
-    sys::pwrite_all(backing, got_bytes, range.start.0)?;
+    // Data first, then zeros after it: a guest reading during a refresh sees old or new
+    // bytes, never a moment of zeros where the file has data.
+    sys::pwrite_all(backing, buf.get(..got).unwrap_or_default(), range.start.0)?;
     let got = got as u64;
-    if filled > got {
-        sys::punch(backing, range.start.0 + got, filled - got)?;
+    if got < range.len {
+        sys::punch(backing, range.start.0 + got, range.len - got)?;
     }
     Ok((got, st))
 }

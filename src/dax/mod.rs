@@ -167,6 +167,16 @@ struct Inner {
     backing: OwnedFd,
     /// Read-only mappings of files up to this size are copies (0: never).
     copy_max: std::sync::atomic::AtomicU64,
+    /// Bumped (under the table lock) when the frontend drops every mapping itself (reset,
+    /// disconnect): a SETUPMAPPING that began before must not map or record anything after.
+    epoch: std::sync::atomic::AtomicU64,
+}
+
+/// One SETUPMAPPING in progress: the epoch it began in, and the inodes whose mappings it
+/// replaced (their leases are released after).
+struct SetupRun {
+    epoch: u64,
+    displaced: Vec<InodeId>,
 }
 
 /// `--dax-copy-max`'s default: most files of a source tree or a container image.
@@ -219,6 +229,7 @@ impl Dax {
             slots: Arc::new(slots::Slots::new(reserved_slots)),
             backing,
             copy_max: std::sync::atomic::AtomicU64::new(COPY_MAX_DEFAULT),
+            epoch: std::sync::atomic::AtomicU64::new(0),
         });
         inner.leases.start()?;
         Ok(Dax { inner })
@@ -253,7 +264,7 @@ impl Dax {
     /// are made again, so the guest sees host changes as a page cache would after its
     /// attribute timeout.
     pub fn revalidate_copies(&self, inode: InodeId) {
-        if !self.inner.table.lock().is_ok_and(|t| t.copies.has_inode(inode)) {
+        if !self.inner.table.lock().is_ok_and(|t| t.copies.stale(inode)) {
             return;
         }
         let st = self.inner.inode(inode);
@@ -501,8 +512,9 @@ impl Inner {
     }
 
     fn setup(&self, inode: InodeId, file: &Arc<OwnedFd>, s: Setup) -> Result<(), DaxError> {
-        let mut displaced = Vec::new();
-        let r = self.setup_locked(inode, file, s, &mut displaced);
+        let mut run = SetupRun { epoch: self.epoch.load(Ordering::Acquire), displaced: Vec::new() };
+        let r = self.setup_locked(inode, file, s, &mut run);
+        let mut displaced = run.displaced;
         if r.is_err() {
             // A lease taken for a mapping that did not happen would only break for nothing.
             self.release_lease_if_unmapped(inode);
@@ -515,13 +527,7 @@ impl Inner {
     }
 
     /// The body of `setup`; the inodes whose mappings it replaced go to `displaced`.
-    fn setup_locked(
-        &self,
-        inode: InodeId,
-        file: &Arc<OwnedFd>,
-        s: Setup,
-        displaced: &mut Vec<InodeId>,
-    ) -> Result<(), DaxError> {
+    fn setup_locked(&self, inode: InodeId, file: &Arc<OwnedFd>, s: Setup, run: &mut SetupRun) -> Result<(), DaxError> {
         let st = self.inode(inode);
         // Exclusive: the EOF page may need the padded map below; the guest serializes its own
         // SETUPMAPPINGs per inode anyway.
@@ -532,7 +538,7 @@ impl Inner {
             let _t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             probe::run(&*mapper, self.window_len);
         }
-        if self.is_copyable(&s, file.as_fd()) && self.setup_copy(inode, file, s, &*mapper, displaced)? {
+        if self.is_copyable(&s, file.as_fd()) && self.setup_copy(inode, file, s, &*mapper, run)? {
             return Ok(());
         }
         match self.leases.ensure(inode, file) {
@@ -557,13 +563,14 @@ impl Inner {
             allocate(file.as_fd(), start, s.range.len.min(eof - start))?;
         }
         let mut t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.check_epoch(run.epoch)?;
         if t.has_same(inode, s.range, s.foffset, s.writable) {
             return Ok(());
         }
         let end = s.range.start.0 + s.range.len;
         // A copy slot there (a write over a copy, or another file) goes back to the file.
-        displaced.extend(t.copies.unback_overlapping(s.range.start.0, end, self.backing.as_fd(), &*mapper)?);
-        displaced.extend(t.remove_overlapping(s.range.start, end, &*mapper)?);
+        run.displaced.extend(t.copies.unback_overlapping(s.range.start.0, end, self.backing.as_fd(), &*mapper)?);
+        run.displaced.extend(t.remove_overlapping(s.range.start, end, &*mapper)?);
         let mut full = t.installed() >= self.room(&t).cap;
         if full && t.copies.unback_idle(&*mapper)? {
             full = t.installed() >= self.room(&t).cap;
@@ -588,6 +595,15 @@ impl Inner {
         Ok(())
     }
 
+    /// NoWindow if the frontend dropped its mappings since `epoch` (call under the table lock).
+    fn check_epoch(&self, epoch: u64) -> Result<(), DaxError> {
+        if self.epoch.load(Ordering::Acquire) == epoch {
+            return Ok(());
+        }
+        debug!("SETUPMAPPING began before a reset or disconnect; not mapped");
+        Err(DaxError::NoWindow)
+    }
+
     /// Whether `s` is served as a copy: read-only, within one slot, of a file no larger than
     /// `copy_max`.
     fn is_copyable(&self, s: &Setup, file: BorrowedFd<'_>) -> bool {
@@ -605,17 +621,23 @@ impl Inner {
         file: &Arc<OwnedFd>,
         s: Setup,
         mapper: &dyn Mapper,
-        displaced: &mut Vec<InodeId>,
+        run: &mut SetupRun,
     ) -> Result<bool, DaxError> {
         let Some(slot) = copy::slot_of(s.range) else { return Ok(false) };
         let backing = self.backing.as_fd();
         let mut t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.check_epoch(run.epoch)?;
         let end = s.range.start.0 + s.range.len;
         if t.copies.has_same(inode, s.range, s.foffset) {
             return Ok(true);
         }
-        displaced.extend(t.remove_overlapping(s.range.start, end, mapper)?);
-        displaced.extend(t.copies.remove_overlapping(s.range.start.0, end, backing));
+        // At most one copy per window slot on average (a Linux guest maps whole slots): each
+        // keeps its file open, beyond the guest's fd quota. Past that, map the file.
+        if t.copies.len() >= self.window_slots() {
+            return Ok(false);
+        }
+        run.displaced.extend(t.remove_overlapping(s.range.start, end, mapper)?);
+        run.displaced.extend(t.copies.remove_overlapping(s.range.start.0, end, backing));
         if t.overlaps(slot.start, slot.start.0 + slot.len) {
             return Ok(false);
         }
@@ -627,7 +649,7 @@ impl Inner {
             }
             t.copies.back(slot, backing, mapper)?;
         }
-        let (filled, stamp) = copy::fill(file.as_fd(), s.foffset, s.range, 0, backing).map_err(DaxError::Host)?;
+        let (filled, stamp) = copy::fill(file.as_fd(), s.foffset, s.range, backing).map_err(DaxError::Host)?;
         t.copies.insert(copy::SlotCopy {
             inode,
             file: Arc::clone(file),
@@ -748,11 +770,16 @@ impl Inner {
         }
     }
 
+    /// The window's 2 MiB slots.
+    fn window_slots(&self) -> usize {
+        usize::try_from(self.window_len >> 21).unwrap_or(usize::MAX)
+    }
+
     /// The slot budget as the table's file mappings see it: backed copy slots hold a piece
     /// each, and need no first piece of a mapping.
     fn room(&self, t: &Table) -> Room {
         let backed = t.copies.backed();
-        let window_slots = usize::try_from(self.window_len >> 21).unwrap_or(usize::MAX);
+        let window_slots = self.window_slots();
         Room { cap: self.slots.cap().saturating_sub(backed), window_slots: window_slots.saturating_sub(backed) }
     }
 
@@ -833,6 +860,9 @@ impl Inner {
     fn clear(&self, send: bool) {
         let mapper = if send { self.mapper().ok() } else { None };
         let mut t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !send {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+        }
         let before = t.inodes();
         t.copies.clear(mapper.as_deref(), self.backing.as_fd());
         let n = t.clear(mapper.as_deref());
@@ -845,7 +875,8 @@ impl Inner {
             before.into_iter().filter(|i| !kept.contains(i)).for_each(|i| self.leases.release(i));
         }
         if let Ok(mut m) = self.inodes.lock() {
-            m.retain(|i, _| kept.contains(i));
+            // A semaphore another thread holds stays (see `forget_inode`).
+            m.retain(|i, st| kept.contains(i) || Arc::strong_count(st) > 1);
         }
         if n > 0 {
             info_limited!("DAX window cleared ({n} mappings)");
@@ -888,6 +919,8 @@ mod tests {
         let held = d.inner.inode(id);
         d.forget_inode(id);
         assert!(Arc::ptr_eq(&held, &d.inner.inode(id)), "a second semaphore for the same inode");
+        d.unmap_all();
+        assert!(Arc::ptr_eq(&held, &d.inner.inode(id)), "DESTROY made a second semaphore for the inode");
         drop(held);
         d.forget_inode(id);
         assert!(d.inner.inodes.lock().unwrap().is_empty(), "an unused semaphore is dropped");

@@ -14,6 +14,8 @@ pub enum Refused {
     InFlight,
     /// The guest published a head past the queue's size: no chain can start there.
     OutOfRange,
+    /// The queue was stopped after the chain was popped: it belongs to the frontend now.
+    Stopped,
 }
 
 /// One claimed head: which head, and in which run of the queue (between two stops).
@@ -63,10 +65,19 @@ impl Inflight {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Takes `head` for a new request. Only the queue's own thread claims; workers release.
-    pub fn claim(&self, head: u16) -> Result<Claim, Refused> {
+    /// The current run: read it before popping a chain, and claim the chain in it.
+    pub fn run(&self) -> u64 {
+        self.lock().run
+    }
+
+    /// Takes `head` for a new request popped during `run`. Only the queue's own thread claims;
+    /// workers release.
+    pub fn claim(&self, head: u16, run: u64) -> Result<Claim, Refused> {
         let slot = self.heads.get(usize::from(head)).ok_or(Refused::OutOfRange)?;
         let mut st = self.lock();
+        if st.run != run {
+            return Err(Refused::Stopped);
+        }
         if slot.load(Ordering::Acquire) == st.run {
             return Err(Refused::InFlight);
         }
@@ -134,33 +145,33 @@ mod tests {
     #[test]
     fn claim_of_a_head_in_flight_is_refused() {
         let f = Inflight::new(4);
-        assert!(f.claim(2).is_ok());
-        assert_eq!(f.claim(2), Err(Refused::InFlight));
-        assert!(f.claim(3).is_ok());
+        assert!(f.claim(2, f.run()).is_ok());
+        assert_eq!(f.claim(2, f.run()), Err(Refused::InFlight));
+        assert!(f.claim(3, f.run()).is_ok());
     }
 
     #[test]
     fn claim_after_release_is_a_new_request() {
         let f = Inflight::new(4);
-        let c = f.claim(1).unwrap();
+        let c = f.claim(1, f.run()).unwrap();
         f.release_head(c, &f.gate(c).unwrap());
         f.finished(c);
-        assert!(f.claim(1).is_ok());
+        assert!(f.claim(1, f.run()).is_ok());
     }
 
     #[test]
     fn claim_past_the_queue_size_is_refused() {
         let f = Inflight::new(4);
-        assert_eq!(f.claim(4), Err(Refused::OutOfRange));
-        assert_eq!(f.claim(u16::MAX), Err(Refused::OutOfRange));
+        assert_eq!(f.claim(4, f.run()), Err(Refused::OutOfRange));
+        assert_eq!(f.claim(u16::MAX, f.run()), Err(Refused::OutOfRange));
         assert_eq!(f.wait_idle(Duration::ZERO), 0);
     }
 
     #[test]
     fn wait_idle_with_requests_running_reports_them() {
         let f = Inflight::new(4);
-        let a = f.claim(0).unwrap();
-        let b = f.claim(1).unwrap();
+        let a = f.claim(0, f.run()).unwrap();
+        let b = f.claim(1, f.run()).unwrap();
         assert_eq!(f.wait_idle(Duration::from_millis(1)), 2);
         for c in [a, b] {
             f.release_head(c, &f.gate(c).unwrap());
@@ -172,14 +183,16 @@ mod tests {
     #[test]
     fn a_stop_abandons_running_requests_and_frees_their_heads() {
         let f = Inflight::new(4);
-        let old = f.claim(2).unwrap();
+        let old = f.claim(2, f.run()).unwrap();
+        let before = f.run();
         assert_eq!(f.stop(), 1);
+        assert_eq!(f.claim(3, before), Err(Refused::Stopped), "a chain popped before the stop is not taken");
         assert!(f.gate(old).is_none(), "a stopped run's request must get no gate");
         assert_eq!(f.wait_idle(Duration::ZERO), 0, "abandoned requests are not waited for");
-        let new = f.claim(2).expect("the head is free after the stop");
+        let new = f.claim(2, f.run()).expect("the head is free after the stop");
         // The abandoned request ends late: it frees neither the new claim's head nor its count.
         f.finished(old);
-        assert_eq!(f.claim(2), Err(Refused::InFlight));
+        assert_eq!(f.claim(2, f.run()), Err(Refused::InFlight));
         assert_eq!(f.wait_idle(Duration::ZERO), 1);
         f.release_head(new, &f.gate(new).unwrap());
         f.finished(new);

@@ -166,9 +166,11 @@ impl<F: Filesystem + 'static> FsDevice<F> {
             loop {
                 // Own statement: a `while let` would keep the vring lock for the loop body, and
                 // the workers completing requests need that lock.
+                // The run before the pop: a stop between the pop and the claim drops the chain.
+                let run = self.inflight.get(qidx).map_or(0, |f| f.run());
                 let next = vring.get_mut().get_queue_mut().iter(Arc::clone(&mem)).map(|mut it| it.next());
                 match next {
-                    Ok(Some(chain)) => self.submit(qidx, vring.clone(), Arc::clone(&mem), chain),
+                    Ok(Some(chain)) => self.submit(qidx, vring.clone(), Arc::clone(&mem), chain, run),
                     Ok(None) => break,
                     // The guest's avail index is bogus, or the queue is not set up. Stop here:
                     // re-arming would report that index as new work forever (a guest-made spin).
@@ -196,14 +198,24 @@ impl<F: Filesystem + 'static> FsDevice<F> {
     /// queuing such duplicates would let the guest grow the job queue without bound. The
     /// duplicate is dropped like any invalid chain: it never reaches the used ring, which gets
     /// the head exactly once, when the original request completes.
-    fn submit(&self, qidx: usize, vring: VringMutex<GuestMemoryAtomic<GuestMem>>, mem: Arc<GuestMem>, chain: Chain) {
+    fn submit(
+        &self,
+        qidx: usize,
+        vring: VringMutex<GuestMemoryAtomic<GuestMem>>,
+        mem: Arc<GuestMem>,
+        chain: Chain,
+        run: u64,
+    ) {
         let head = chain.head_index();
         let Some(inflight) = self.inflight.get(qidx).cloned() else {
             warn_limited!("chain {head} on unknown queue {qidx} dropped");
             return;
         };
-        let claim = match inflight.claim(head) {
+        let claim = match inflight.claim(head, run) {
             Ok(c) => c,
+            Err(Refused::Stopped) => {
+                return warn_limited!("queue {qidx}: chain {head} popped as the queue stopped; dropped");
+            }
             Err(Refused::InFlight) => return warn_limited!("queue {qidx}: chain {head} is already in flight; dropped"),
             Err(Refused::OutOfRange) => {
                 return warn_limited!("queue {qidx}: chain head {head} is past the queue; dropped");

@@ -125,6 +125,16 @@ impl Passthrough {
         let inode = self.inode(entry.nodeid)?;
         let fd = match dax_permit {
             Some(dax_permit) => {
+                // The name was looked up again: a host rename in between may have put another
+                // file there. Its shared file must be its own (one semaphore and lease per file).
+                let (got, mnt_id) = sys::statx(fd.as_fd())?;
+                if (InodeKey { dev: got.dev, ino: got.ino, mnt_id }) != inode.key {
+                    self.inodes.forget(entry.nodeid, 1);
+                    crate::log_limit::warn_limited!(
+                        "CREATE: the name changed to another file while it was opened; EIO"
+                    );
+                    return Err(errno(libc::EIO));
+                }
                 let shared = self.adopt_shared_file(&inode, fd, dax_permit)?;
                 if guest & libc::O_TRUNC != 0 {
                     self.dax_truncate(&inode, shared.as_fd(), 0)?;
