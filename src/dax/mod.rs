@@ -170,6 +170,9 @@ struct Inner {
     /// Bumped (under the table lock) when the frontend drops every mapping itself (reset,
     /// disconnect): a SETUPMAPPING that began before must not map or record anything after.
     epoch: std::sync::atomic::AtomicU64,
+    /// Copies made and made again, for the summary line.
+    copies_made: std::sync::atomic::AtomicU64,
+    copies_refreshed: std::sync::atomic::AtomicU64,
 }
 
 /// One SETUPMAPPING in progress: the epoch it began in, and the inodes whose mappings it
@@ -230,6 +233,8 @@ impl Dax {
             backing,
             copy_max: std::sync::atomic::AtomicU64::new(COPY_MAX_DEFAULT),
             epoch: std::sync::atomic::AtomicU64::new(0),
+            copies_made: std::sync::atomic::AtomicU64::new(0),
+            copies_refreshed: std::sync::atomic::AtomicU64::new(0),
         });
         inner.leases.start()?;
         Ok(Dax { inner })
@@ -650,6 +655,7 @@ impl Inner {
             t.copies.back(slot, backing, mapper)?;
         }
         let (filled, stamp) = copy::fill(file.as_fd(), s.foffset, s.range, backing).map_err(DaxError::Host)?;
+        self.copies_made.fetch_add(1, Ordering::Relaxed);
         t.copies.insert(copy::SlotCopy {
             inode,
             file: Arc::clone(file),
@@ -674,8 +680,11 @@ impl Inner {
         } else {
             None
         };
-        if let Err(e) = t.copies.refresh(inode, stamp, self.backing.as_fd()) {
-            warn_limited!("cannot refresh the copies of inode {}: {e}", inode.0);
+        match t.copies.refresh(inode, stamp, self.backing.as_fd()) {
+            Ok(n) => {
+                self.copies_refreshed.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e) => warn_limited!("cannot refresh the copies of inode {}: {e}", inode.0),
         }
     }
 
@@ -786,13 +795,15 @@ impl Inner {
     /// One line on what the window did with the frontend's memory slots (vm-tests grep it).
     fn log_slots(&self) {
         let s = self.slots.take_stats();
-        if s.maps == 0 && s.table_updates == 0 {
+        let made = self.copies_made.swap(0, Ordering::Relaxed);
+        let refreshed = self.copies_refreshed.swap(0, Ordering::Relaxed);
+        if s.maps == 0 && s.table_updates == 0 && made == 0 {
             return;
         }
         let mean = |total: u64, n: u64| total.checked_div(n).unwrap_or(0);
         info!(
             "DAX window: peak {} pieces, peak {} frontend memory regions ({} not ours), budget {} of {} slots; \
-             {} maps (mean {} us, max {} us), {} unmaps (mean {} us), {} memory-table updates (mean {} us to classify), {} merges, {} refusals, {} late announcements",
+             {} maps (mean {} us, max {} us), {} unmaps (mean {} us), {} memory-table updates (mean {} us to classify), {} merges, {} refusals, {} late announcements; {} copies made, {} refreshed",
             s.peak_pieces,
             s.peak_regions,
             s.peak_others,
@@ -808,6 +819,8 @@ impl Inner {
             s.merges,
             s.refusals,
             s.late_announcements,
+            made,
+            refreshed,
         );
     }
 
