@@ -9,8 +9,10 @@
 //! slot back into a file mapping (the caller unbacks it first).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use super::{DaxError, FileOffset, InodeId, Mapper, WinOffset, WinRange, sys};
@@ -32,8 +34,6 @@ pub struct SlotCopy {
     pub file: Arc<OwnedFd>,
     pub range: WinRange,
     pub foffset: FileOffset,
-    /// Bytes from `range.start` that hold file data (the rest of the range reads as zeros).
-    pub filled: u64,
     pub stamp: Stamp,
 }
 
@@ -79,15 +79,15 @@ impl Copies {
 
     /// Installs the backing at `slot`, zeroed, read-only: the guest can neither change a copy
     /// nor leave bytes in the slot for a later copy to show past its file's EOF.
-    pub fn back(&mut self, slot: WinRange, backing: BorrowedFd<'_>, mapper: &dyn Mapper) -> Result<(), DaxError> {
-        sys::punch(backing, slot.start.0, slot.len).map_err(DaxError::Host)?;
-        mapper.map(slot, backing, FileOffset(slot.start.0), false)?;
+    pub fn back(&mut self, slot: WinRange, backing: &File, mapper: &dyn Mapper) -> Result<(), DaxError> {
+        sys::punch(backing.as_fd(), slot.start.0, slot.len).map_err(DaxError::Host)?;
+        mapper.map(slot, backing.as_fd(), FileOffset(slot.start.0), false)?;
         self.backed.insert(slot.start.0);
         Ok(())
     }
 
     /// Drops every copy overlapping [start, end), zeroing what it filled. Returns their inodes.
-    pub fn remove_overlapping(&mut self, start: u64, end: u64, backing: BorrowedFd<'_>) -> Vec<InodeId> {
+    pub fn remove_overlapping(&mut self, start: u64, end: u64, backing: &File) -> Vec<InodeId> {
         let keys: Vec<u64> = self
             .copies
             .values()
@@ -97,7 +97,7 @@ impl Copies {
         let mut inodes = Vec::new();
         for k in keys {
             if let Some(c) = self.copies.remove(&k) {
-                if let Err(e) = sys::punch(backing, c.range.start.0, c.range.len) {
+                if let Err(e) = sys::punch(backing.as_fd(), c.range.start.0, c.range.len) {
                     // Only fills write the backing, and each starts by zeroing its range.
                     log::debug!("cannot zero the copy at {:#x}: {e}", c.range.start.0);
                 }
@@ -113,7 +113,7 @@ impl Copies {
         &mut self,
         start: u64,
         end: u64,
-        backing: BorrowedFd<'_>,
+        backing: &File,
         mapper: &dyn Mapper,
     ) -> Result<Vec<InodeId>, DaxError> {
         let slots: Vec<u64> = self.backed.iter().copied().filter(|&s| overlaps(s, SLOT, start, end)).collect();
@@ -164,21 +164,15 @@ impl Copies {
 
     /// Copies `inode`'s file again into each of its copies whose stamp is not `stamp` (all of
     /// them when None): after the daemon changed the file, or when the guest revalidates.
-    pub fn refresh(&mut self, inode: InodeId, stamp: Option<Stamp>, backing: BorrowedFd<'_>) -> io::Result<usize> {
+    pub fn refresh(&mut self, inode: InodeId, stamp: Option<Stamp>, backing: &File) -> io::Result<usize> {
         let mut n = 0;
         for c in self.copies.values_mut().filter(|c| c.inode == inode) {
             if stamp.is_some_and(|s| s == c.stamp) {
                 continue;
             }
-            match fill(c.file.as_fd(), c.foffset, c.range, backing) {
-                Ok((filled, stamp)) => (c.filled, c.stamp) = (filled, stamp),
-                Err(e) => {
-                    // `fill` left the range zeroed: the guest reads zeros, never stale bytes
-                    // past EOF, until the next refresh.
-                    c.filled = 0;
-                    return Err(e);
-                }
-            }
+            // On an error `fill` left the range zeroed: the guest reads zeros, never stale bytes
+            // past EOF, until the next refresh.
+            c.stamp = fill(c.file.as_fd(), c.foffset, c.range, backing)?;
             n += 1;
         }
         Ok(n)
@@ -189,14 +183,9 @@ impl Copies {
         self.copies.values().find(|c| c.inode == inode).map(|c| Arc::clone(&c.file))
     }
 
-    /// (window offset, file offset, filled) of every copy of `inode`: for tests and logs.
-    pub fn copies_of(&self, inode: InodeId) -> Vec<(u64, u64, u64)> {
-        self.copies.values().filter(|c| c.inode == inode).map(|c| (c.range.start.0, c.foffset.0, c.filled)).collect()
-    }
-
     /// Drops every copy; unmaps every backed slot when `mapper` is given (else the frontend
     /// dropped them). A slot whose unmap the frontend refuses stays backed (I1).
-    pub fn clear(&mut self, mapper: Option<&dyn Mapper>, backing: BorrowedFd<'_>) {
+    pub fn clear(&mut self, mapper: Option<&dyn Mapper>, backing: &File) {
         self.remove_overlapping(0, u64::MAX, backing);
         match mapper {
             None => self.backed.clear(),
@@ -212,27 +201,17 @@ pub fn stamp(file: BorrowedFd<'_>) -> io::Result<Stamp> {
 }
 
 /// Copies `file` from `foffset` into the backing at `range` up to EOF (at most the range),
-/// zeros after. Returns the bytes filled and the stamp they were read under. On an error the
+/// zeros after. Returns the stamp the bytes were read under. On an error the
 /// range is left zeroed (or as zeroed as the backing allows).
-pub fn fill(
-    file: BorrowedFd<'_>,
-    foffset: FileOffset,
-    range: WinRange,
-    backing: BorrowedFd<'_>,
-) -> io::Result<(u64, Stamp)> {
+pub fn fill(file: BorrowedFd<'_>, foffset: FileOffset, range: WinRange, backing: &File) -> io::Result<Stamp> {
     let r = fill_once(file, foffset, range, backing);
     if r.is_err() {
-        let _ = sys::punch(backing, range.start.0, range.len);
+        let _ = sys::punch(backing.as_fd(), range.start.0, range.len);
     }
     r
 }
 
-fn fill_once(
-    file: BorrowedFd<'_>,
-    foffset: FileOffset,
-    range: WinRange,
-    backing: BorrowedFd<'_>,
-) -> io::Result<(u64, Stamp)> {
+fn fill_once(file: BorrowedFd<'_>, foffset: FileOffset, range: WinRange, backing: &File) -> io::Result<Stamp> {
     let st = stamp(file)?;
     // `range` lies within one slot: at most 2 MiB.
     let want = st.size.saturating_sub(foffset.0).min(range.len);
@@ -240,10 +219,10 @@ fn fill_once(
     let got = sys::pread_full(file, &mut buf, foffset.0)?;
     // Data first, then zeros after it: a guest reading during a refresh sees old or new
     // bytes, never a moment of zeros where the file has data.
-    sys::pwrite_all(backing, buf.get(..got).unwrap_or_default(), range.start.0)?;
+    backing.write_all_at(buf.get(..got).unwrap_or_default(), range.start.0)?;
     let got = got as u64;
     if got < range.len {
-        sys::punch(backing, range.start.0 + got, range.len - got)?;
+        sys::punch(backing.as_fd(), range.start.0 + got, range.len - got)?;
     }
-    Ok((got, st))
+    Ok(st)
 }

@@ -237,7 +237,7 @@ impl Leases {
 /// repeated breaks stay cheap. A process that had not mapped the file by then is not waited
 /// for: the frontend maps only on the daemon's SHMEM_MAP, and none is sent during a revoke.
 fn wait_unmapped_elsewhere(inner: &Inner, file: &OwnedFd) {
-    let Ok((dev, ino)) = sys::dev_ino(file.as_fd()) else { return };
+    let Ok((dev, ino)) = sys::file_id(file.as_fd()) else { return };
     let deadline = std::time::Instant::now() + UNMAP_WAIT;
     let mut pids = inner.processes_mapping(dev, ino, None);
     let mut pause = UNMAP_POLL_MIN;

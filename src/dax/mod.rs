@@ -164,7 +164,7 @@ struct Inner {
     /// The frontend's memory slots: how many pieces may be installed.
     slots: Arc<slots::Slots>,
     /// The memory file behind copy slots, as large as the window.
-    backing: OwnedFd,
+    backing: std::fs::File,
     /// Read-only mappings of files up to this size are copies (0: never).
     copy_max: std::sync::atomic::AtomicU64,
     /// Bumped (under the table lock) when the frontend drops every mapping itself (reset,
@@ -251,12 +251,6 @@ impl Dax {
     /// Read-only mappings of files up to `max` bytes become copies (`--dax-copy-max`; 0: none).
     pub fn set_copy_max(&self, max: u64) {
         self.inner.copy_max.store(max, Ordering::Relaxed);
-    }
-
-    /// The inode's copies, as (window offset, file offset, bytes filled): for tests and logs.
-    pub fn copies(&self, inode: InodeId) -> Vec<(u64, u64, u64)> {
-        let t = self.inner.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        t.copies.copies_of(inode)
     }
 
     /// Window ranges backed for copies, as (window offset, len): for tests and the fuzzer.
@@ -574,7 +568,7 @@ impl Inner {
         }
         let end = s.range.start.0 + s.range.len;
         // A copy slot there (a write over a copy, or another file) goes back to the file.
-        run.displaced.extend(t.copies.unback_overlapping(s.range.start.0, end, self.backing.as_fd(), &*mapper)?);
+        run.displaced.extend(t.copies.unback_overlapping(s.range.start.0, end, &self.backing, &*mapper)?);
         run.displaced.extend(t.remove_overlapping(s.range.start, end, &*mapper)?);
         let mut full = t.installed() >= self.room(&t).cap;
         if full && t.copies.unback_idle(&*mapper)? {
@@ -629,7 +623,7 @@ impl Inner {
         run: &mut SetupRun,
     ) -> Result<bool, DaxError> {
         let Some(slot) = copy::slot_of(s.range) else { return Ok(false) };
-        let backing = self.backing.as_fd();
+        let backing = &self.backing;
         let mut t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         self.check_epoch(run.epoch)?;
         let end = s.range.start.0 + s.range.len;
@@ -654,16 +648,9 @@ impl Inner {
             }
             t.copies.back(slot, backing, mapper)?;
         }
-        let (filled, stamp) = copy::fill(file.as_fd(), s.foffset, s.range, backing).map_err(DaxError::Host)?;
+        let stamp = copy::fill(file.as_fd(), s.foffset, s.range, backing).map_err(DaxError::Host)?;
         self.copies_made.fetch_add(1, Ordering::Relaxed);
-        t.copies.insert(copy::SlotCopy {
-            inode,
-            file: Arc::clone(file),
-            range: s.range,
-            foffset: s.foffset,
-            filled,
-            stamp,
-        });
+        t.copies.insert(copy::SlotCopy { inode, file: Arc::clone(file), range: s.range, foffset: s.foffset, stamp });
         Ok(true)
     }
 
@@ -680,7 +667,7 @@ impl Inner {
         } else {
             None
         };
-        match t.copies.refresh(inode, stamp, self.backing.as_fd()) {
+        match t.copies.refresh(inode, stamp, &self.backing) {
             Ok(n) => {
                 self.copies_refreshed.fetch_add(n as u64, Ordering::Relaxed);
             }
@@ -721,7 +708,7 @@ impl Inner {
     fn remove_range(&self, start: WinOffset, end: u64) -> Result<(), DaxError> {
         let mut t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mapper = self.mapper.read().ok().and_then(|m| m.clone());
-        t.copies.remove_overlapping(start.0, end, self.backing.as_fd());
+        t.copies.remove_overlapping(start.0, end, &self.backing);
         let Some(mapper) = mapper else {
             t.forget_overlapping(start, end);
             return Ok(());
@@ -877,7 +864,7 @@ impl Inner {
             self.epoch.fetch_add(1, Ordering::AcqRel);
         }
         let before = t.inodes();
-        t.copies.clear(mapper.as_deref(), self.backing.as_fd());
+        t.copies.clear(mapper.as_deref(), &self.backing);
         let n = t.clear(mapper.as_deref());
         // Mappings the frontend refused to unmap stay in the table: keep their leases and state.
         let kept = t.inodes();

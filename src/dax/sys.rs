@@ -22,23 +22,25 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
 }
 
-/// The file's current size.
-pub fn file_size(fd: BorrowedFd<'_>) -> io::Result<u64> {
+/// fstat(2).
+fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
     let mut st = MaybeUninit::<libc::stat>::zeroed();
     // SAFETY: `st` is a writable stat buffer; the fd is borrowed for the call.
     check(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
     // SAFETY: fstat succeeded and filled the (zeroed) buffer.
     let st = unsafe { st.assume_init() };
+    Ok(st)
+}
+
+/// The file's current size.
+pub fn file_size(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let st = fstat(fd)?;
     u64::try_from(st.st_size).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))
 }
 
 /// The file's (st_dev, st_ino).
 pub fn file_id(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
-    let mut st = MaybeUninit::<libc::stat>::zeroed();
-    // SAFETY: `st` is a writable stat buffer; the fd is borrowed for the call.
-    check(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
-    // SAFETY: fstat succeeded and filled the (zeroed) buffer.
-    let st = unsafe { st.assume_init() };
+    let st = fstat(fd)?;
     Ok((st.st_dev, st.st_ino))
 }
 
@@ -51,11 +53,7 @@ pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> io::Result<()> {
 
 /// The file's mtime.
 pub fn mtime(fd: BorrowedFd<'_>) -> io::Result<libc::timespec> {
-    let mut st = MaybeUninit::<libc::stat>::zeroed();
-    // SAFETY: `st` is a writable stat buffer; the fd is borrowed for the call.
-    check(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
-    // SAFETY: fstat succeeded and filled the (zeroed) buffer.
-    let st = unsafe { st.assume_init() };
+    let st = fstat(fd)?;
     Ok(libc::timespec { tv_sec: st.st_mtime, tv_nsec: st.st_mtime_nsec })
 }
 
@@ -66,13 +64,18 @@ pub fn set_mtime(fd: BorrowedFd<'_>, mtime: libc::timespec) -> io::Result<()> {
     check(unsafe { libc::futimens(fd.as_raw_fd(), times.as_ptr()) }).map(drop)
 }
 
-/// fallocate(FALLOC_FL_KEEP_SIZE): allocates blocks without changing the size (I6).
-pub fn fallocate_keep_size(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+/// fallocate(2).
+fn fallocate(fd: BorrowedFd<'_>, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
     let inval = || io::Error::from_raw_os_error(libc::EINVAL);
     let offset = libc::off_t::try_from(offset).map_err(|_| inval())?;
     let len = libc::off_t::try_from(len).map_err(|_| inval())?;
     // SAFETY: plain syscall on a borrowed fd.
-    check(unsafe { libc::fallocate(fd.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, offset, len) }).map(drop)
+    check(unsafe { libc::fallocate(fd.as_raw_fd(), mode, offset, len) }).map(drop)
+}
+
+/// fallocate(FALLOC_FL_KEEP_SIZE): allocates blocks without changing the size (I6).
+pub fn fallocate_keep_size(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    fallocate(fd, libc::FALLOC_FL_KEEP_SIZE, offset, len)
 }
 
 /// Whether `fd` was opened for writing.
@@ -208,24 +211,14 @@ fn si_fd(info: &libc::siginfo_t) -> libc::c_int {
 }
 
 /// An anonymous memory file of `len` zero bytes.
-pub fn memfd(name: &std::ffi::CStr, len: u64) -> io::Result<std::os::fd::OwnedFd> {
+pub fn memfd(name: &std::ffi::CStr, len: u64) -> io::Result<std::fs::File> {
     use std::os::fd::FromRawFd;
     // SAFETY: the name is a NUL-terminated string borrowed for the call.
     let fd = check(unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) })?;
     // SAFETY: memfd_create just returned this descriptor; nothing else owns it.
     let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
     ftruncate(std::os::fd::AsFd::as_fd(&fd), len)?;
-    Ok(fd)
-}
-
-/// The file's (st_dev, st_ino).
-pub fn dev_ino(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
-    let mut st = MaybeUninit::<libc::stat>::zeroed();
-    // SAFETY: `st` is a writable stat buffer; the fd is borrowed for the call.
-    check(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
-    // SAFETY: fstat succeeded and filled the (zeroed) buffer.
-    let st = unsafe { st.assume_init() };
-    Ok((st.st_dev, st.st_ino))
+    Ok(fd.into())
 }
 
 /// The processes other than this one and `exclude` that map the file (dev, ino), per
@@ -275,39 +268,9 @@ pub fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result
     Ok(done)
 }
 
-/// pwrite(2) of all of `buf` (retries EINTR and partial writes).
-pub fn pwrite_all(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> io::Result<()> {
-    let mut done = 0;
-    while done < buf.len() {
-        let rest = buf.get(done..).unwrap_or_default();
-        let off =
-            libc::off_t::try_from(offset + done as u64).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // SAFETY: `rest` is a readable buffer of `rest.len()` bytes; the fd is borrowed.
-        let n = unsafe { libc::pwrite(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len(), off) };
-        match n {
-            n if n > 0 => done += n.unsigned_abs(),
-            0 => return Err(io::Error::from(io::ErrorKind::WriteZero)),
-            _ => {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Zeroes [offset, offset + len) of `fd` by punching a hole (a memfd gives the pages back).
 pub fn punch(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
-    let inval = || io::Error::from_raw_os_error(libc::EINVAL);
-    let offset = libc::off_t::try_from(offset).map_err(|_| inval())?;
-    let len = libc::off_t::try_from(len).map_err(|_| inval())?;
-    // SAFETY: plain syscall on a borrowed fd.
-    check(unsafe {
-        libc::fallocate(fd.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset, len)
-    })
-    .map(drop)
+    fallocate(fd, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset, len)
 }
 
 /// A timestamp as (seconds, nanoseconds).
@@ -315,11 +278,7 @@ pub type Time = (i64, i64);
 
 /// The file's size, mtime and ctime.
 pub fn size_and_times(fd: BorrowedFd<'_>) -> io::Result<(u64, Time, Time)> {
-    let mut st = MaybeUninit::<libc::stat>::zeroed();
-    // SAFETY: `st` is a writable stat buffer; the fd is borrowed for the call.
-    check(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
-    // SAFETY: fstat succeeded and filled the (zeroed) buffer.
-    let st = unsafe { st.assume_init() };
+    let st = fstat(fd)?;
     Ok((u64::try_from(st.st_size).unwrap_or(0), (st.st_mtime, st.st_mtime_nsec), (st.st_ctime, st.st_ctime_nsec)))
 }
 
@@ -327,12 +286,12 @@ pub fn size_and_times(fd: BorrowedFd<'_>) -> io::Result<(u64, Time, Time)> {
 mod tests {
     use std::os::fd::AsFd;
 
-    use super::{dev_ino, lease_now, memfd, processes_mapping};
+    use super::{file_id, lease_now, memfd, processes_mapping};
 
     #[test]
     fn processes_mapping_a_file_no_one_maps_is_none() {
         let f = memfd(c"test", 4096).unwrap();
-        let (dev, ino) = dev_ino(f.as_fd()).unwrap();
+        let (dev, ino) = file_id(f.as_fd()).unwrap();
         assert!(processes_mapping(dev, ino, None, &[]).is_empty());
         assert!(processes_mapping(dev, ino, Some(&[std::process::id(), u32::MAX]), &[]).is_empty());
     }
