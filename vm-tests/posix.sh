@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # posix.sh — the posix tier: pjdfstest 0.2.2 (POSIX conformance, 398 tests) as root in a real
 # guest on the virtio-fs mount served by daxfsd under its default sandbox, once without DAX
-# (vhost-user-fs-pci) and once with dax=always (the generic device and the DAX window).
+# (vhost-user-fs-pci) and once with dax=always (the generic device and the DAX window). The
+# EROFS tests, which remount the guest's mount read-only, run alone after the rest.
 #
 # Usage: vm-tests/posix.sh [--daemon PATH] [--accel tcg|kvm] [--cells nodax,dax-always]
 #                          [--log-dir DIR]
+#        vm-tests/posix.sh --judge SERIAL_LOG   (judge a kept guest console log, no VM)
 #
 # Builds pjdfstest first (vm-tests/install-pjdfstest.sh, static, cached in /var/cache/daxfsd-vm).
 # Each cell prints the pass/fail/skip counts and every test that did not pass. A cell fails
@@ -19,23 +21,21 @@ daemon=${DAXFSD_BIN:-$here/../target/debug/daxfsd}
 accel=tcg
 cells=nodax,dax-always
 log_root=
+judge_only=
 while (($#)); do
     case $1 in
         --daemon) daemon=${2:?}; shift 2 ;;
         --accel) accel=${2:?}; shift 2 ;;
         --cells) cells=${2:?}; shift 2 ;;
         --log-dir) log_root=${2:?}; shift 2 ;;
+        --judge) judge_only=${2:?}; shift 2 ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2 ;;
         *) echo "posix.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
-[[ -x $daemon ]] || { echo "posix.sh: no daemon at $daemon (cargo build first)" >&2; exit 2; }
-
-"$here/env.sh" >/dev/null
-pjdfstest=$("$here/install-pjdfstest.sh" | tail -n1)
 expected=$here/posix-expected.txt
 work=$(mktemp -d "${TMPDIR:-/tmp}/daxfsd-posix.XXXXXX")
-keep=0
+keep=0 # read by the EXIT trap
 if [[ -n $log_root ]]; then
     mkdir -p "$log_root"
     log_root=$(realpath "$log_root")
@@ -43,42 +43,56 @@ if [[ -n $log_root ]]; then
 else
     log_root=$work/logs
 fi
+mkdir -p "$log_root"
 trap '((keep)) || rm -rf "$work"' EXIT
 
 # "KIND NAME" for every listed result, sorted.
 grep -v '^[[:space:]]*\(#\|$\)' "$expected" | awk '{print $1, $2}' | LC_ALL=C sort >"$work/expected"
 
-# judge CELL SERIAL_LOG — prints the counts and the non-passes; fails on any unlisted one.
-judge() {
-    local cell=$1 serial=$2 rc=0
-    tr -d '\r' <"$serial" | sed -n 's/^PJD| //p' >"$work/$cell.report"
-    local summary
-    summary=$(grep '^Summary:' "$work/$cell.report" || true)
-    if [[ -z $summary ]]; then
-        echo "=== posix $cell: the suite did not finish (no Summary line)" >&2
-        return 1
-    fi
-    # Result lines are "NAME <padding> ok|FAILED|skipped"; detail lines start with a tab.
+# results REPORT — "KIND NAME" (pass, fail, skip) for each result line of a pjdfstest report:
+# "NAME <padding> ok|FAILED|skipped"; detail lines start with a tab.
+results() {
     awk '/^[^ \t]+ +(ok|FAILED|skipped)$/ {
             s = $NF; if (s == "FAILED") print "fail", $1; else if (s == "skipped") print "skip", $1; else print "pass", $1
-         }' "$work/$cell.report" | LC_ALL=C sort >"$work/$cell.results"
+         }' "$1"
+}
+
+# judge CELL SERIAL_LOG — prints the counts and the non-passes; fails on any unlisted one.
+# The EROFS tests are skipped in the main run (no allow_remount) and run alone afterwards: their
+# results there replace the skips.
+judge() {
+    local cell=$1 serial=$2 rc=0 run
+    for run in PJD PJD-EROFS; do
+        tr -d '\r' <"$serial" | sed -n "s/^$run| //p" >"$work/$cell.$run"
+        if ! grep -q '^Summary:' "$work/$cell.$run"; then
+            echo "=== posix $cell: a pjdfstest run ($run) did not finish (no Summary line)" >&2
+            return 1
+        fi
+    done
+    local summary summary_erofs
+    summary=$(grep '^Summary:' "$work/$cell.PJD")
+    summary_erofs=$(grep '^Summary:' "$work/$cell.PJD-EROFS")
+    results "$work/$cell.PJD-EROFS" >"$work/$cell.erofs"
+    awk 'NR == FNR { seen[$2] = 1; print; next } !($2 in seen)' "$work/$cell.erofs" \
+        <(results "$work/$cell.PJD") | LC_ALL=C sort >"$work/$cell.results"
     local n_pass n_fail n_skip
     n_pass=$(grep -c '^pass ' "$work/$cell.results" || true)
     n_fail=$(grep -c '^fail ' "$work/$cell.results" || true)
     n_skip=$(grep -c '^skip ' "$work/$cell.results" || true)
-    echo "=== posix $cell: $n_pass passed, $n_fail failed, $n_skip skipped (pjdfstest: ${summary#Summary: })"
+    echo "=== posix $cell: $n_pass passed, $n_fail failed, $n_skip skipped (pjdfstest: ${summary#Summary: };" \
+        "EROFS tests alone: ${summary_erofs#Summary: })"
     grep -v '^pass ' "$work/$cell.results" | sed 's/^/    /' || true
     local unlisted stale
     unlisted=$(grep -v '^pass ' "$work/$cell.results" | LC_ALL=C comm -23 - "$work/expected" || true)
     stale=$(grep -v '^pass ' "$work/$cell.results" | LC_ALL=C comm -13 - "$work/expected" || true)
     if [[ -n $unlisted ]]; then
         echo "=== posix $cell: not in posix-expected.txt (a daemon bug until shown otherwise):" >&2
-        sed 's/^/    /' <<<"$unlisted" >&2
+        printf '    %s\n' "${unlisted//$'\n'/$'\n    '}" >&2
         rc=1
     fi
     if [[ -n $stale ]]; then
         echo "=== posix $cell: listed in posix-expected.txt but not seen so (update the list):" >&2
-        sed 's/^/    /' <<<"$stale" >&2
+        printf '    %s\n' "${stale//$'\n'/$'\n    '}" >&2
         rc=1
     fi
     if ((n_pass + n_fail + n_skip != 398)); then
@@ -87,6 +101,14 @@ judge() {
     fi
     return "$rc"
 }
+
+if [[ -n $judge_only ]]; then
+    judge "$(basename "$(dirname "$judge_only")")" "$judge_only"
+    exit
+fi
+[[ -x $daemon ]] || { echo "posix.sh: no daemon at $daemon (cargo build first)" >&2; exit 2; }
+"$here/env.sh" >/dev/null
+pjdfstest=$("$here/install-pjdfstest.sh" | tail -n1)
 
 failed=()
 for cell in ${cells//,/ }; do
@@ -103,13 +125,16 @@ for cell in ${cells//,/ }; do
         --test pjdfstest --log-dir "$logs" \
         --guest-file "$pjdfstest:/bin/pjdfstest-bin" \
         --guest-file "$here/guest/pjdfstest-run:/tests/pjdfstest" \
-        --guest-file "$here/guest/pjdfstest.toml:/etc/pjdfstest.toml" >"$logs.run.log" 2>&1 || rc=$?
+        --guest-file "$here/guest/pjdfstest.toml:/etc/pjdfstest.toml" \
+        --guest-file "$here/guest/pjdfstest-remount.toml:/etc/pjdfstest-remount.toml" \
+        >"$logs.run.log" 2>&1 || rc=$?
     if ((rc != 0)); then
         cat "$logs.run.log" >&2
         echo "=== posix $cell: the VM run failed (status $rc)" >&2
     fi
     judge "$cell" "$logs/serial.log" || rc=1
     if ((rc != 0)); then
+        # shellcheck disable=SC2034  # read by the EXIT trap
         keep=1
         failed+=("$cell")
         echo "=== posix $cell: FAILED in $((SECONDS - t0)) s; logs in $logs" >&2
