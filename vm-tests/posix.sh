@@ -1,25 +1,29 @@
 #!/usr/bin/env bash
 # posix.sh — the posix tier: pjdfstest 0.2.2 (POSIX conformance, 398 tests) as root in a real
-# guest on the virtio-fs mount served by daxfsd under its default sandbox, once without DAX
-# (vhost-user-fs-pci) and once with dax=always (the generic device and the DAX window). The
-# EROFS tests, which remount the guest's mount read-only, run alone after the rest.
+# guest on the virtio-fs mount served by daxfsd, one boot per cell:
+#   nodax       default sandbox, vhost-user-fs-pci (no DAX window)
+#   dax-always  default sandbox, the generic device, dax=always (every file through the window)
+#   rootless    the daemon as uid 65534 in a user namespace (subordinate ids for the guest's
+#               other users, as libvirt's session mode starts it), no DAX
+# The EROFS tests, which remount the guest's mount read-only, run alone after the rest.
 #
-# Usage: vm-tests/posix.sh [--daemon PATH] [--accel tcg|kvm] [--cells nodax,dax-always]
+# Usage: vm-tests/posix.sh [--daemon PATH] [--accel tcg|kvm] [--cells nodax,dax-always,rootless]
 #                          [--log-dir DIR]
-#        vm-tests/posix.sh --judge SERIAL_LOG   (judge a kept guest console log, no VM)
+#        vm-tests/posix.sh --judge DIR/CELL/serial.log   (judge a kept console log, no VM)
 #
 # Builds pjdfstest first (vm-tests/install-pjdfstest.sh, static, cached in /var/cache/daxfsd-vm).
 # Each cell prints the pass/fail/skip counts and every test that did not pass. A cell fails
 # when a test fails or is skipped and is not listed with that kind in
-# vm-tests/posix-expected.txt (which says why each listed one is not ours), when a listed one
+# vm-tests/posix-expected.txt (which says why each listed one is not ours; the rootless cell
+# adds vm-tests/posix-expected-rootless.txt), when a listed one
 # passes or changes kind (the list must be kept true), or when the suite did not finish.
-# About 30 s per cell under TCG on 2 cores. Exit status: 0 when every cell passed, 1 otherwise,
+# About 40 s per cell under TCG on 2 cores. Exit status: 0 when every cell passed, 1 otherwise,
 # 2 on usage errors.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 daemon=${DAXFSD_BIN:-$here/../target/debug/daxfsd}
 accel=tcg
-cells=nodax,dax-always
+cells=nodax,dax-always,rootless
 log_root=
 judge_only=
 while (($#)); do
@@ -33,8 +37,8 @@ while (($#)); do
         *) echo "posix.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
-expected=$here/posix-expected.txt
 work=$(mktemp -d "${TMPDIR:-/tmp}/daxfsd-posix.XXXXXX")
+chmod 0755 "$work" # the rootless cell's daemon runs from $work/bin as another user
 keep=0 # read by the EXIT trap
 if [[ -n $log_root ]]; then
     mkdir -p "$log_root"
@@ -46,8 +50,12 @@ fi
 mkdir -p "$log_root"
 trap '((keep)) || rm -rf "$work"' EXIT
 
-# "KIND NAME" for every listed result, sorted.
-grep -v '^[[:space:]]*\(#\|$\)' "$expected" | awk '{print $1, $2}' | LC_ALL=C sort >"$work/expected"
+# expected CELL — "KIND NAME" for every result listed for CELL, sorted.
+expected() {
+    local -a lists=("$here/posix-expected.txt")
+    [[ $1 == rootless ]] && lists+=("$here/posix-expected-rootless.txt")
+    cat "${lists[@]}" | grep -v '^[[:space:]]*\(#\|$\)' | awk '{print $1, $2}' | LC_ALL=C sort
+}
 
 # results REPORT — "KIND NAME" (pass, fail, skip) for each result line of a pjdfstest report:
 # "NAME <padding> ok|FAILED|skipped"; detail lines start with a tab.
@@ -62,6 +70,7 @@ results() {
 # results there replace the skips.
 judge() {
     local cell=$1 serial=$2 rc=0 run
+    expected "$cell" >"$work/$cell.expected"
     for run in PJD PJD-EROFS; do
         tr -d '\r' <"$serial" | sed -n "s/^$run| //p" >"$work/$cell.$run"
         if ! grep -q '^Summary:' "$work/$cell.$run"; then
@@ -83,8 +92,8 @@ judge() {
         "EROFS tests alone: ${summary_erofs#Summary: })"
     grep -v '^pass ' "$work/$cell.results" | sed 's/^/    /' || true
     local unlisted stale
-    unlisted=$(grep -v '^pass ' "$work/$cell.results" | LC_ALL=C comm -23 - "$work/expected" || true)
-    stale=$(grep -v '^pass ' "$work/$cell.results" | LC_ALL=C comm -13 - "$work/expected" || true)
+    unlisted=$(grep -v '^pass ' "$work/$cell.results" | LC_ALL=C comm -23 - "$work/$cell.expected" || true)
+    stale=$(grep -v '^pass ' "$work/$cell.results" | LC_ALL=C comm -13 - "$work/$cell.expected" || true)
     if [[ -n $unlisted ]]; then
         echo "=== posix $cell: not in posix-expected.txt (a daemon bug until shown otherwise):" >&2
         printf '    %s\n' "${unlisted//$'\n'/$'\n    '}" >&2
@@ -110,18 +119,42 @@ fi
 "$here/env.sh" >/dev/null
 pjdfstest=$("$here/install-pjdfstest.sh" | tail -n1)
 
+# The rootless cell: nobody, with subordinate ids (newuidmap), the mapping matrix.sh's rootless
+# cell uses; the daemon runs from a copy it can read.
+rootless_uid=65534
+rootless_sub=200000
+if [[ ,$cells, == *,rootless,* ]]; then
+    if ! command -v newuidmap >/dev/null; then
+        DEBIAN_FRONTEND=noninteractive apt-get -o Acquire::Check-Valid-Until=false update -qq >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq uidmap >&2
+    fi
+    user=$(getent passwd "$rootless_uid" | cut -d: -f1)
+    for f in /etc/subuid /etc/subgid; do
+        grep -q "^$user:$rootless_sub:65536\$" "$f" 2>/dev/null || echo "$user:$rootless_sub:65536" >>"$f"
+    done
+    install -D -m 0755 "$daemon" "$work/bin/daxfsd"
+fi
+
 failed=()
 for cell in ${cells//,/ }; do
+    cell_daemon=$daemon
     case $cell in
         nodax) vm_args=(--device fs) ;;
         dax-always) vm_args=(--device dax --mount-opts dax=always) ;;
-        *) echo "posix.sh: unknown cell $cell (nodax, dax-always)" >&2; exit 2 ;;
+        rootless)
+            cell_daemon=$work/bin/daxfsd
+            vm_args=(--device fs --daemon-user "$rootless_uid")
+            for m in uid gid; do
+                vm_args+=("--daemon-arg=--$m-map=:0:$rootless_uid:1:" "--daemon-arg=--$m-map=:1:$rootless_sub:65536:")
+            done
+            ;;
+        *) echo "posix.sh: unknown cell $cell (nodax, dax-always, rootless)" >&2; exit 2 ;;
     esac
     logs=$log_root/$cell
     t0=$SECONDS
     echo "=== posix $cell: pjdfstest in the guest"
     rc=0
-    "$here/run-vm.sh" --daemon "$daemon" --accel "$accel" --timeout 300 "${vm_args[@]}" \
+    "$here/run-vm.sh" --daemon "$cell_daemon" --accel "$accel" --timeout 300 "${vm_args[@]}" \
         --test pjdfstest --log-dir "$logs" \
         --guest-file "$pjdfstest:/bin/pjdfstest-bin" \
         --guest-file "$here/guest/pjdfstest-run:/tests/pjdfstest" \
