@@ -39,16 +39,15 @@ while (($#)); do
 done
 work=$(mktemp -d "${TMPDIR:-/tmp}/daxfsd-posix.XXXXXX")
 chmod 0755 "$work" # the rootless cell's daemon runs from $work/bin as another user
-keep=0 # read by the EXIT trap
+keep=0 # set on a failure: logs kept in $work are not removed (read by the EXIT trap)
 if [[ -n $log_root ]]; then
     mkdir -p "$log_root"
     log_root=$(realpath "$log_root")
-    keep=1
 else
     log_root=$work/logs
 fi
 mkdir -p "$log_root"
-trap '((keep)) || rm -rf "$work"' EXIT
+trap '[[ $keep == 1 && $log_root == "$work"/* ]] || rm -rf "$work"' EXIT
 
 # expected CELL — "KIND NAME" for every result listed for CELL, sorted.
 expected() {
