@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What CI runs (.ci/run calls this): formatting, lints, structure, the README's test command,
-# then the quick VM tier, the posix tier (pjdfstest) and the libvirt tier. Installs what it needs; safe to run on a fresh machine as root.
+# then the quick VM tier, the posix tier (pjdfstest) and the libvirt tier. Installs what it
+# needs; safe to run on a fresh machine as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
