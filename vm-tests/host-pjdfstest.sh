@@ -33,7 +33,8 @@ mkdir -p "$mnt" "$work/secondary"
 fs_pid=
 cleanup() {
     if mountpoint -q "$mnt"; then umount "$mnt" || umount -l "$mnt"; fi
-    [[ -n $fs_pid ]] && kill "$fs_pid" 2>/dev/null
+    # passthrough_hp ends by itself at the unmount.
+    if [[ -n $fs_pid ]]; then kill "$fs_pid" 2>/dev/null || true; fi
     if mountpoint -q "$work/secondary"; then umount "$work/secondary"; fi
     rm -rf "$work"
 }
