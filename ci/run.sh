@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What CI runs (.ci/run calls this): formatting, lints, structure, the README's test command,
-# then the quick VM tier and the libvirt tier. Installs what it needs; safe to run on a fresh machine as root.
+# then the quick VM tier, the 200000-file tree walk and the libvirt tier. Installs what it needs; safe to run on a fresh machine as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -34,6 +34,8 @@ else
     vm-tests/quick.sh --daemon target/debug/daxfsd
     step "vm-tests quick tier: the matrix (posix-smoke, dax-stress, fsx, external-truncate)"
     vm-tests/matrix.sh --tier quick --daemon target/debug/daxfsd
+    step "vm-tests tree-walk: 200000 files under --rlimit-nofile 4096 (file handles pass, never fails loudly)"
+    vm-tests/tree-walk.sh --daemon target/debug/daxfsd
     step "vm-tests libvirt tier: libvirtd starts daxfsd from a domain's virtiofs filesystem"
     vm-tests/libvirt.sh --daemon target/debug/daxfsd
 fi

@@ -133,29 +133,23 @@ impl MountFds {
     where
         F: FnOnce(BorrowedFd<'_>, i32) -> io::Result<OwnedFd>,
     {
+        if let Some(mount) = self.known_mount(key.mnt_id)? {
+            return Ok(InodeRepr::Handle { handle: self.handle_of(fd, key)?, mount });
+        }
+        let handle = self.handle_of(fd, key)?;
+        // A new mount (or one whose inodes were all forgotten): made under the lock, once.
         let mut mounts = self.mounts.lock().map_err(|_| errno(libc::EIO))?;
-        let known = match mounts.get(&key.mnt_id) {
+        match mounts.get(&key.mnt_id) {
             Some(MountState::Unsupported) => return Err(errno(libc::EOPNOTSUPP)),
-            Some(MountState::Usable(w)) => w.upgrade(),
-            None => None,
-        };
-        let (handle, mnt_id) = match sys::name_to_handle(fd) {
-            Ok(h) => h,
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EOVERFLOW)) => {
-                self.unsupported(&mut mounts, key.mnt_id, "name_to_handle_at", &e);
-                return Err(e);
+            Some(MountState::Usable(w)) => {
+                if let Some(mount) = w.upgrade() {
+                    return Ok(InodeRepr::Handle { handle, mount });
+                }
             }
-            Err(e) => return Err(e),
-        };
-        if mnt_id != key.mnt_id {
-            // Moved to another mount since the statx: hold this one as an fd.
-            return Err(errno(libc::EXDEV));
+            None => {}
         }
-        if let Some(mount) = known {
-            return Ok(InodeRepr::Handle { handle, mount });
-        }
-        // A new mount: its fd is this inode opened for real (only a directory or a regular
-        // file: opening anything else has effects), checked to open the handle back to it.
+        // Its fd is this inode opened for real (only a directory or a regular file: opening
+        // anything else has effects), checked to open the handle back to this inode.
         let flags = match file_type {
             libc::S_IFDIR => libc::O_RDONLY | libc::O_DIRECTORY,
             libc::S_IFREG => libc::O_RDONLY | libc::O_NONBLOCK,
@@ -181,8 +175,39 @@ impl MountFds {
         Ok(InodeRepr::Handle { handle, mount })
     }
 
+    /// The live fd of mount `mnt_id`, if it has one; EOPNOTSUPP if it cannot use handles.
+    fn known_mount(&self, mnt_id: u64) -> io::Result<Option<Arc<MountFd>>> {
+        let mounts = self.mounts.lock().map_err(|_| errno(libc::EIO))?;
+        match mounts.get(&mnt_id) {
+            Some(MountState::Unsupported) => Err(errno(libc::EOPNOTSUPP)),
+            Some(MountState::Usable(w)) => Ok(w.upgrade()),
+            None => Ok(None),
+        }
+    }
+
+    /// The handle of the inode `key` behind `fd`; a filesystem that cannot make one is marked.
+    fn handle_of(&self, fd: BorrowedFd<'_>, key: &InodeKey) -> io::Result<FileHandle> {
+        let (handle, mnt_id) = match sys::name_to_handle(fd) {
+            Ok(h) => h,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EOVERFLOW)) => {
+                if let Ok(mut mounts) = self.mounts.lock() {
+                    self.unsupported(&mut mounts, key.mnt_id, "name_to_handle_at", &e);
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        if mnt_id != key.mnt_id {
+            // Moved to another mount since the statx: hold this one as an fd.
+            return Err(errno(libc::EXDEV));
+        }
+        Ok(handle)
+    }
+
     fn unsupported(&self, mounts: &mut HashMap<u64, MountState>, mnt_id: u64, what: &str, e: &io::Error) {
-        mounts.insert(mnt_id, MountState::Unsupported);
+        if matches!(mounts.insert(mnt_id, MountState::Unsupported), Some(MountState::Unsupported)) {
+            return; // logged already
+        }
         if self.mode == FileHandles::Mandatory {
             error!(
                 "--inode-file-handles=mandatory: mount {mnt_id} cannot use file handles ({what}: {e}); lookups \
