@@ -11,9 +11,11 @@
 #
 # Usage: vm-tests/tree-walk.sh [--files N] [--per-dir N] [--rlimit N] [--modes LIST]
 #                              [--rounds N] [--timeout SECS] [--daemon PATH] [--accel tcg|kvm]
+#                              [--daemon-arg ARG]...
 #   --modes   comma-separated, of: prefer (must pass), never (must fail loudly),
 #             prefer-timed, never-timed (info log level, no pass/fail: the per-entry time
-#             only; never-timed needs an --rlimit above the tree's inode count)
+#             only; never-timed needs an inode fd quota above the tree's inode count: a big
+#             --rlimit, or --daemon-arg=--guest-fd-quota=64, which leaves the rest to inodes)
 #   defaults: --files 200000 --per-dir 1000 --rlimit 4096 --modes prefer,never --rounds 1
 # Runs as root (run-vm.sh). Wrap in `flock /tmp/daxfsd-vm.lock` on a shared machine.
 set -euo pipefail
@@ -26,6 +28,7 @@ rlimit=4096
 modes=prefer,never
 rounds=1
 timeout=1800
+extra=()
 while [[ $# -gt 0 ]]; do
     case $1 in
         --files) files=$2; shift 2 ;;
@@ -36,6 +39,8 @@ while [[ $# -gt 0 ]]; do
         --timeout) timeout=$2; shift 2 ;;
         --daemon) daemon=$2; shift 2 ;;
         --accel) accel=$2; shift 2 ;;
+        --daemon-arg) extra+=("--daemon-arg=$2"); shift 2 ;;
+        --daemon-arg=*) extra+=("$1"); shift ;;
         *) echo "tree-walk.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -90,10 +95,10 @@ run_walk() { # mode, log level; sets rc, logs
     "$here/run-vm.sh" --daemon "$daemon" --accel "$accel" --timeout "$timeout" --test mount,tree-walk \
         --share "$share" --guest-file "$walk_bin:/tests/tree-walk" --guest-file "$work/tree-walk.args:/tests/tree-walk.args" \
         --daemon-arg=--rlimit-nofile="$rlimit" --daemon-arg=--inode-file-handles="${mode%-timed}" \
-        --daemon-arg=--log-level="$level" --host-during "bash $work/fd-watch.sh" --log-dir "$logs" \
+        --daemon-arg=--log-level="$level" "${extra[@]}" --host-during "bash $work/fd-watch.sh" --log-dir "$logs" \
         >"$logs.out" 2>&1 || rc=$?
     grep -a 'DAXFSD-INFO tree-walk' "$logs/serial.log" | tr -d '\r' | sed 's/^.*DAXFSD-INFO /    guest| /' || true
-    max_fds=$(tail -n 1 "$logs/host-during.log" 2>/dev/null | sed -n 's/^max_fds=\([0-9]*\).*/\1/p')
+    max_fds=$(tail -n 1 "$logs/host-during.log" 2>/dev/null | sed -n 's/^max_fds=\([0-9]*\).*/\1/p' || true)
     echo "    daemon fds: at most ${max_fds:-?} (limit $rlimit); run-vm status $rc in $((SECONDS - t)) s"
 }
 
