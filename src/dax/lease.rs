@@ -236,7 +236,7 @@ impl Leases {
 /// it any more. One scan of all of /proc finds them; later checks read only their maps, so
 /// repeated breaks stay cheap. A process that had not mapped the file by then is not waited
 /// for: the frontend maps only on the daemon's SHMEM_MAP, and none is sent during a revoke.
-fn wait_unmapped_elsewhere(inner: &Inner, file: &OwnedFd) {
+pub(super) fn wait_unmapped_elsewhere(inner: &Inner, file: &OwnedFd) {
     let Ok((dev, ino)) = sys::file_id(file.as_fd()) else { return };
     let deadline = std::time::Instant::now() + UNMAP_WAIT;
     let mut pids = inner.processes_mapping(dev, ino, None);

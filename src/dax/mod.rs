@@ -3,6 +3,7 @@
 //! (DESIGN.md §3, I1-I6). Talks to the frontend only through `Mapper`; knows no FUSE or vhost.
 
 mod copy;
+mod guard;
 mod lease;
 mod probe;
 mod slots;
@@ -153,6 +154,8 @@ struct Inner {
     table: Mutex<Table>,
     inodes: Mutex<HashMap<InodeId, Arc<InodeDax>>>,
     leases: lease::Leases,
+    /// The host guard, when the daemon has a fanotify group: it replaces leases (I5).
+    host_guard: std::sync::OnceLock<guard::HostGuard>,
     /// Run the frontend conformance probe at the next SETUPMAPPING.
     probe: std::sync::atomic::AtomicBool,
     /// Whether this connection's frontend acknowledges window changes: `ACKS_*`.
@@ -181,6 +184,9 @@ struct SetupRun {
     epoch: u64,
     displaced: Vec<InodeId>,
 }
+
+/// How long a partial host shrink waits for the frontend's deferred unmap.
+const PARTIAL_UNMAP_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// `--dax-copy-max`'s default: most files of a source tree or a container image.
 pub const COPY_MAX_DEFAULT: u64 = 64 << 10;
@@ -225,6 +231,7 @@ impl Dax {
             table: Mutex::new(Table::default()),
             inodes: Mutex::new(HashMap::new()),
             leases: lease::Leases::new(weak.clone()),
+            host_guard: std::sync::OnceLock::new(),
             probe: std::sync::atomic::AtomicBool::new(false),
             acks: AtomicU8::new(ACKS_UNKNOWN),
             mapped_elsewhere: RwLock::new(None),
@@ -246,6 +253,22 @@ impl Dax {
         if let Ok(mut m) = self.inner.mapped_elsewhere.write() {
             *m = Some(f);
         }
+    }
+
+    /// Guards mapped files with `group` (a fanotify pre-content group) instead of leases; the
+    /// watcher that reads its events passes host shrinks in over `sock` (`crate::guard`).
+    pub fn set_host_guard(&self, group: OwnedFd, sock: std::os::unix::net::UnixStream) -> io::Result<()> {
+        let g = guard::HostGuard::new(group);
+        if self.inner.host_guard.set(g).is_err() {
+            return Err(io::Error::from_raw_os_error(libc::EEXIST));
+        }
+        let weak = Arc::downgrade(&self.inner);
+        self.inner.host_guard.get().map_or(Ok(()), |g| g.start(weak, sock))
+    }
+
+    /// Whether the host guard (rather than a lease) protects `inode`'s mappings.
+    pub fn is_guarded(&self, inode: InodeId) -> bool {
+        self.inner.host_guard.get().is_some_and(|g| g.is_watched(inode))
     }
 
     /// Read-only mappings of files up to `max` bytes become copies (`--dax-copy-max`; 0: none).
@@ -477,6 +500,9 @@ impl Dax {
 impl Drop for Dax {
     fn drop(&mut self) {
         self.inner.leases.stop();
+        if let Some(g) = self.inner.host_guard.get() {
+            g.stop();
+        }
     }
 }
 
@@ -540,7 +566,14 @@ impl Inner {
         if self.is_copyable(&s, file.as_fd()) && self.setup_copy(inode, file, s, &*mapper, run)? {
             return Ok(());
         }
-        match self.leases.ensure(inode, file) {
+        let guarded = self.host_guard.get().is_some_and(|g| match g.watch(inode, file) {
+            Ok(()) => true,
+            Err(e) => {
+                debug!("inode {}: no host guard mark ({e}); a lease instead", inode.0);
+                false
+            }
+        });
+        match if guarded { Ok(false) } else { self.leases.ensure(inode, file) } {
             Ok(false) => {}
             Ok(true) => {
                 // The file is stable again after a lease break: re-install to EOF first.
@@ -730,6 +763,9 @@ impl Inner {
         let has = self.table.lock().map(|t| t.has_inode(inode)).unwrap_or(true);
         if !has {
             self.leases.release(inode);
+            if let Some(g) = self.host_guard.get() {
+                g.unwatch(inode);
+            }
         }
     }
 
@@ -843,6 +879,44 @@ impl Inner {
         }
     }
 
+    /// I5 with the host guard: another host process is about to leave `file` `new_size` bytes
+    /// long. Unmaps the pieces past the new EOF page first and waits until the frontend has
+    /// dropped them. Returns whether anything was cut.
+    fn host_shrink(&self, inode: InodeId, file: &Arc<OwnedFd>, new_size: u64) -> bool {
+        let st = self.inode(inode);
+        let _g = st.sem.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let cut = round_up(new_size, self.align);
+        if !self.table.lock().map(|t| t.crosses(inode, cut)).unwrap_or(true) {
+            return false;
+        }
+        if let Err(e) = self.cut(inode, file.as_fd(), cut) {
+            warn!("host shrink of inode {}: cannot cut at {cut}: {e}; revoking every piece", inode.0);
+            if let Ok(mapper) = self.mapper() {
+                let mut t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let _ = t.revoke(inode, &*mapper);
+            }
+        }
+        let left = !self.table.lock().map(|t| t.pieces_of(inode).is_empty()).unwrap_or(false);
+        if left {
+            // The frontend still maps the part below the cut, so /proc cannot show when it has
+            // dropped the rest; give its deferred unmap (an RCU grace period) this long.
+            std::thread::sleep(PARTIAL_UNMAP_GRACE);
+        } else {
+            lease::wait_unmapped_elsewhere(self, file);
+        }
+        info!("host shrink of inode {} to {new_size}: pieces past {cut} unmapped", inode.0);
+        true
+    }
+
+    /// After a host shrink: re-installs what the file has grown back to (I3).
+    fn host_regrow(&self, inode: InodeId, file: &Arc<OwnedFd>) {
+        let st = self.inode(inode);
+        let _g = st.sem.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Err(e) = self.reinstall(inode, file.as_fd()) {
+            warn_limited!("inode {}: cannot re-install after a host shrink: {e}", inode.0);
+        }
+    }
+
     /// I5: the file is stable again (a new lease was taken): re-install to the current EOF.
     fn restore(&self, inode: InodeId, file: BorrowedFd<'_>) -> bool {
         let st = self.inode(inode);
@@ -872,7 +946,10 @@ impl Inner {
         if kept.is_empty() {
             self.leases.release_all();
         } else {
-            before.into_iter().filter(|i| !kept.contains(i)).for_each(|i| self.leases.release(i));
+            before.iter().filter(|i| !kept.contains(i)).for_each(|i| self.leases.release(*i));
+        }
+        if let Some(g) = self.host_guard.get() {
+            before.iter().filter(|i| !kept.contains(i)).for_each(|i| g.unwatch(*i));
         }
         if let Ok(mut m) = self.inodes.lock() {
             // A semaphore another thread holds stays (see `forget_inode`).

@@ -94,6 +94,8 @@ pub(super) struct Watch {
     pub scan: ScanFn,
     /// When the last scan of every process began.
     pub last_full_scan: Option<std::time::Instant>,
+    /// The host guard's watcher (when the daemon has a fanotify group).
+    pub guard: Option<crate::guard::Watcher>,
 }
 
 /// Runs until the child exits; returns the exit code to leave with.
@@ -104,12 +106,37 @@ pub(super) fn run(mut w: Watch, pidfd: &OwnedFd, signals: &OwnedFd) -> io::Resul
     {
         exclude.push(pid);
     }
+    if let Some(g) = w.guard.as_mut() {
+        g.set_daemon(&exclude);
+    }
     loop {
         let mut fds = vec![pidfd.as_fd(), signals.as_fd()];
-        if let Some(m) = &w.maps {
+        let maps_at = w.maps.as_ref().map(|m| {
             fds.push(m.as_fd());
+            fds.len() - 1
+        });
+        let (mut group_at, mut guard_at) = (None, None);
+        if let Some(g) = &w.guard {
+            let (group, sock) = g.fds();
+            if let Some(group) = group {
+                fds.push(group);
+                group_at = Some(fds.len() - 1);
+            }
+            fds.push(sock);
+            guard_at = Some(fds.len() - 1);
         }
         let ready = sys::poll_readable(&fds)?;
+        drop(fds);
+        let is = |at: Option<usize>| at.is_some_and(|i| ready.get(i) == Some(&true));
+        if is(group_at)
+            && let Some(g) = w.guard.as_mut()
+            && let Err(e) = g.on_events()
+        {
+            warn!("cannot read the host guard's events: {e}");
+        }
+        if is(guard_at) && w.guard.as_mut().is_some_and(|g| !g.on_ready()) {
+            w.guard = None;
+        }
         if ready.first() == Some(&true) {
             return sys::waitpid(w.child).map(report);
         }
@@ -120,7 +147,7 @@ pub(super) fn run(mut w: Watch, pidfd: &OwnedFd, signals: &OwnedFd) -> io::Resul
                 warn!("cannot pass signal {sig} to the daemon: {e}");
             }
         }
-        if ready.get(2) == Some(&true) && !answer(&mut w, &exclude) {
+        if is(maps_at) && !answer(&mut w, &exclude) {
             w.maps = None;
         }
     }
