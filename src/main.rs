@@ -177,7 +177,7 @@ fn make_dax(
         info!("host guard: fanotify; host reads and writes leave the guest's mappings alone");
     }
     if let Some(maps) = maps {
-        dax.set_mapped_elsewhere(Arc::new(move |dev, ino, among| maps.processes_mapping(dev, ino, among)));
+        dax.set_mapped_elsewhere(Arc::new(move |dev, ino, from, among| maps.processes_mapping(dev, ino, from, among)));
     }
     Ok(Some(Arc::new(dax)))
 }

@@ -173,6 +173,9 @@ struct Inner {
     /// Bumped (under the table lock) when the frontend drops every mapping itself (reset,
     /// disconnect): a SETUPMAPPING that began before must not map or record anything after.
     epoch: std::sync::atomic::AtomicU64,
+    /// The processes other than the daemon found mapping our files on this connection (the
+    /// frontend): I5's waits read only their maps.
+    mappers: Mutex<Vec<u32>>,
     /// Copies made and made again, for the summary line.
     copies_made: std::sync::atomic::AtomicU64,
     copies_refreshed: std::sync::atomic::AtomicU64,
@@ -185,20 +188,17 @@ struct SetupRun {
     displaced: Vec<InodeId>,
 }
 
-/// How long a partial host shrink waits for the frontend's deferred unmap.
-const PARTIAL_UNMAP_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
-
 /// `--dax-copy-max`'s default: most files of a source tree or a container image.
 pub const COPY_MAX_DEFAULT: u64 = 64 << 10;
 
-/// The processes other than the daemon that map file (dev, ino), among the given pids or all
-/// (None), for I5's wait (`sys::processes_mapping`'s contract).
-pub type MappedElsewhere = Arc<dyn Fn(u64, u64, Option<&[u32]>) -> Vec<u32> + Send + Sync>;
+/// The processes other than the daemon that map file (dev, ino) at or past a file offset,
+/// among the given pids or all (None), for I5's wait (`sys::processes_mapping`'s contract).
+pub type MappedElsewhere = Arc<dyn Fn(u64, u64, u64, Option<&[u32]>) -> Vec<u32> + Send + Sync>;
 
 /// The processes other than this one and `exclude` that map file (dev, ino), per this
 /// process's view of /proc (the sandbox's supervisor answers the daemon with it).
-pub fn processes_mapping(dev: u64, ino: u64, among: Option<&[u32]>, exclude: &[u32]) -> Vec<u32> {
-    sys::processes_mapping(dev, ino, among, exclude)
+pub fn processes_mapping(dev: u64, ino: u64, from: u64, among: Option<&[u32]>, exclude: &[u32]) -> Vec<u32> {
+    sys::processes_mapping(dev, ino, from, among, exclude)
 }
 
 /// `Inner::acks`: not checked yet on this connection, checked, or found missing.
@@ -240,6 +240,7 @@ impl Dax {
             backing,
             copy_max: std::sync::atomic::AtomicU64::new(COPY_MAX_DEFAULT),
             epoch: std::sync::atomic::AtomicU64::new(0),
+            mappers: Mutex::new(Vec::new()),
             copies_made: std::sync::atomic::AtomicU64::new(0),
             copies_refreshed: std::sync::atomic::AtomicU64::new(0),
         });
@@ -319,6 +320,9 @@ impl Dax {
         if let Ok(mut m) = self.inner.mapper.write() {
             *m = Some(Arc::new(self.inner.slots.counting(mapper)));
             self.inner.acks.store(ACKS_UNKNOWN, Ordering::Release);
+        }
+        if let Ok(mut p) = self.inner.mappers.lock() {
+            p.clear();
         }
     }
 
@@ -566,23 +570,7 @@ impl Inner {
         if self.is_copyable(&s, file.as_fd()) && self.setup_copy(inode, file, s, &*mapper, run)? {
             return Ok(());
         }
-        let guarded = self.host_guard.get().is_some_and(|g| match g.watch(inode, file) {
-            Ok(()) => true,
-            Err(e) => {
-                debug!("inode {}: no host guard mark ({e}); a lease instead", inode.0);
-                false
-            }
-        });
-        match if guarded { Ok(false) } else { self.leases.ensure(inode, file) } {
-            Ok(false) => {}
-            Ok(true) => {
-                // The file is stable again after a lease break: re-install to EOF first.
-                self.unrevoke(inode);
-                self.reinstall(inode, file.as_fd())?;
-            }
-            Err(e) if self.policy == LeasePolicy::Require => return Err(DaxError::Unprotected(e)),
-            Err(e) => debug!("mapping inode {} without a lease: {e}", inode.0),
-        }
+        self.protect(inode, file)?;
         let eof = sys::file_size(file.as_fd()).map_err(DaxError::Host)?;
         let start = s.foffset.0;
         // I1: map writable from the start whenever the file allows, so the guest's read->write
@@ -609,6 +597,7 @@ impl Inner {
         }
         // Install up to the page holding EOF (valid); never a page wholly past EOF.
         let pieces = self.padded(file.as_fd(), |valid_end| {
+            let valid_end = self.clamp(inode, valid_end);
             let installed = valid_end.saturating_sub(start).min(s.range.len);
             if installed == 0 {
                 return Ok(Vec::new());
@@ -625,6 +614,34 @@ impl Inner {
         let file = Arc::clone(file);
         t.insert(Mapping { inode, file, range: s.range, foffset: s.foffset, writable, pieces, revoked: false });
         Ok(())
+    }
+
+    /// I5 for a file about to be mapped: the host guard's mark, or else a lease (re-installing
+    /// what a lease break revoked once the lease is back), or per policy nothing.
+    fn protect(&self, inode: InodeId, file: &Arc<OwnedFd>) -> Result<(), DaxError> {
+        let guarded = self.host_guard.get().is_some_and(|g| match g.watch(inode, file) {
+            Ok(()) => true,
+            Err(e) => {
+                debug!("inode {}: no host guard mark ({e}); a lease instead", inode.0);
+                false
+            }
+        });
+        if guarded {
+            return Ok(());
+        }
+        match self.leases.ensure(inode, file) {
+            Ok(false) => Ok(()),
+            Ok(true) => {
+                // The file is stable again after a lease break: re-install to EOF first.
+                self.unrevoke(inode);
+                self.reinstall(inode, file.as_fd())
+            }
+            Err(e) if self.policy == LeasePolicy::Require => Err(DaxError::Unprotected(e)),
+            Err(e) => {
+                debug!("mapping inode {} without a lease: {e}", inode.0);
+                Ok(())
+            }
+        }
     }
 
     /// NoWindow if the frontend dropped its mappings since `epoch` (call under the table lock).
@@ -784,11 +801,11 @@ impl Inner {
         let Ok(mapper) = self.mapper() else { return Ok(()) };
         let mut t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let eof = sys::file_size(file).map_err(DaxError::Host)?;
-        if !t.needs_fill(inode, round_up(eof, self.align)) {
+        if !t.needs_fill(inode, self.clamp(inode, round_up(eof, self.align))) {
             return Ok(());
         }
         let room = self.room(&t);
-        match self.padded(file, |valid_end| t.fill(inode, valid_end, &*mapper, room)) {
+        match self.padded(file, |valid_end| t.fill(inode, self.clamp(inode, valid_end), &*mapper, room)) {
             Ok(merged) => {
                 self.slots.note_merges(merged);
                 Ok(())
@@ -860,11 +877,11 @@ impl Inner {
     /// I5: another opener broke the lease. Unmap every piece of the inode (keeping the
     /// mappings) before the breaker may proceed; the lease is released by the caller after.
     /// The processes other than this one that map (dev, ino), among `among` or all.
-    fn processes_mapping(&self, dev: u64, ino: u64, among: Option<&[u32]>) -> Vec<u32> {
+    fn processes_mapping(&self, dev: u64, ino: u64, from: u64, among: Option<&[u32]>) -> Vec<u32> {
         let f = self.mapped_elsewhere.read().ok().and_then(|m| m.clone());
         match f {
-            Some(f) => f(dev, ino, among),
-            None => sys::processes_mapping(dev, ino, among, &[]),
+            Some(f) => f(dev, ino, from, among),
+            None => sys::processes_mapping(dev, ino, from, among, &[]),
         }
     }
 
@@ -876,44 +893,6 @@ impl Inner {
         match t.revoke(inode, &*mapper) {
             Ok(n) => info!("lease break on inode {}: revoked {n} pieces", inode.0),
             Err(e) => warn!("lease break on inode {}: cannot revoke every piece: {e}", inode.0),
-        }
-    }
-
-    /// I5 with the host guard: another host process is about to leave `file` `new_size` bytes
-    /// long. Unmaps the pieces past the new EOF page first and waits until the frontend has
-    /// dropped them. Returns whether anything was cut.
-    fn host_shrink(&self, inode: InodeId, file: &Arc<OwnedFd>, new_size: u64) -> bool {
-        let st = self.inode(inode);
-        let _g = st.sem.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let cut = round_up(new_size, self.align);
-        if !self.table.lock().map(|t| t.crosses(inode, cut)).unwrap_or(true) {
-            return false;
-        }
-        if let Err(e) = self.cut(inode, file.as_fd(), cut) {
-            warn!("host shrink of inode {}: cannot cut at {cut}: {e}; revoking every piece", inode.0);
-            if let Ok(mapper) = self.mapper() {
-                let mut t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                let _ = t.revoke(inode, &*mapper);
-            }
-        }
-        let left = !self.table.lock().map(|t| t.pieces_of(inode).is_empty()).unwrap_or(false);
-        if left {
-            // The frontend still maps the part below the cut, so /proc cannot show when it has
-            // dropped the rest; give its deferred unmap (an RCU grace period) this long.
-            std::thread::sleep(PARTIAL_UNMAP_GRACE);
-        } else {
-            lease::wait_unmapped_elsewhere(self, file);
-        }
-        info!("host shrink of inode {} to {new_size}: pieces past {cut} unmapped", inode.0);
-        true
-    }
-
-    /// After a host shrink: re-installs what the file has grown back to (I3).
-    fn host_regrow(&self, inode: InodeId, file: &Arc<OwnedFd>) {
-        let st = self.inode(inode);
-        let _g = st.sem.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Err(e) = self.reinstall(inode, file.as_fd()) {
-            warn_limited!("inode {}: cannot re-install after a host shrink: {e}", inode.0);
         }
     }
 

@@ -87,3 +87,15 @@ pub fn answer(group: BorrowedFd<'_>, fd: i32, allow: bool) -> io::Result<()> {
     let n = unsafe { libc::write(group.as_raw_fd(), std::ptr::from_ref(&r).cast(), len) };
     if n < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
+
+/// fstat(2) of an event's file.
+pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `st` is writable for one stat; the fd is borrowed.
+    let r = unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstat succeeded and filled `st`.
+    Ok(unsafe { st.assume_init() })
+}

@@ -33,34 +33,61 @@ pub struct Shrink {
     pub new_size: u64,
 }
 
-const SHRINK_LEN: usize = 32;
+/// What the watcher tells the daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Msg {
+    /// Prepare the window for this shrink, then say `ready`.
+    Shrink(Shrink),
+    /// The shrink with this key is over: the thread left the syscall (or died).
+    Done(i32),
+}
+
+const MSG_LEN: usize = 32;
 
 /// The daemon's read timeout on the channel: how often it checks cut files for growth. Set
 /// before the seccomp filter (setsockopt is not on the daemon's list).
 pub const TICK: std::time::Duration = std::time::Duration::from_millis(10);
 
-impl Shrink {
-    fn encode(&self) -> [u8; SHRINK_LEN] {
-        let mut b = [0u8; SHRINK_LEN];
-        b[0..4].copy_from_slice(&self.key.to_le_bytes());
-        b[8..16].copy_from_slice(&self.dev.to_le_bytes());
-        b[16..24].copy_from_slice(&self.ino.to_le_bytes());
-        b[24..32].copy_from_slice(&self.new_size.to_le_bytes());
+/// How long (tries, pause) the watcher waits for an event's thread to sleep.
+const BLOCK_TRIES: u32 = 100;
+const BLOCK_PAUSE: std::time::Duration = std::time::Duration::from_micros(100);
+
+/// How often the watcher looks whether an allowed shrink has finished.
+const DONE_POLL: std::time::Duration = std::time::Duration::from_millis(1);
+
+impl Msg {
+    fn encode(&self) -> [u8; MSG_LEN] {
+        let mut b = [0u8; MSG_LEN];
+        let (key, kind, s) = match self {
+            Msg::Shrink(s) => (s.key, 0u32, *s),
+            Msg::Done(k) => (*k, 1, Shrink { key: *k, dev: 0, ino: 0, new_size: 0 }),
+        };
+        b[0..4].copy_from_slice(&key.to_le_bytes());
+        b[4..8].copy_from_slice(&kind.to_le_bytes());
+        b[8..16].copy_from_slice(&s.dev.to_le_bytes());
+        b[16..24].copy_from_slice(&s.ino.to_le_bytes());
+        b[24..32].copy_from_slice(&s.new_size.to_le_bytes());
         b
     }
 
-    fn decode(b: &[u8; SHRINK_LEN]) -> Shrink {
-        let u = |r: std::ops::Range<usize>| u64::from_le_bytes(b.get(r).unwrap_or_default().try_into().unwrap_or_default());
+    fn decode(b: &[u8; MSG_LEN]) -> Option<Msg> {
+        let u =
+            |r: std::ops::Range<usize>| u64::from_le_bytes(b.get(r).unwrap_or_default().try_into().unwrap_or_default());
         let key = i32::from_le_bytes(b.get(0..4).unwrap_or_default().try_into().unwrap_or_default());
-        Shrink { key, dev: u(8..16), ino: u(16..24), new_size: u(24..32) }
+        let kind = u32::from_le_bytes(b.get(4..8).unwrap_or_default().try_into().unwrap_or_default());
+        match kind {
+            0 => Some(Msg::Shrink(Shrink { key, dev: u(8..16), ino: u(16..24), new_size: u(24..32) })),
+            1 => Some(Msg::Done(key)),
+            _ => None,
+        }
     }
 }
 
-/// The daemon's side: read the next shrink (blocking, up to the socket's read timeout).
-pub fn next_shrink(sock: &mut UnixStream) -> io::Result<Shrink> {
-    let mut b = [0u8; SHRINK_LEN];
+/// The daemon's side: the next message (blocking, up to the socket's read timeout).
+pub fn next(sock: &mut UnixStream) -> io::Result<Msg> {
+    let mut b = [0u8; MSG_LEN];
     sock.read_exact(&mut b)?;
-    Ok(Shrink::decode(&b))
+    Msg::decode(&b).ok_or_else(|| io::Error::from_raw_os_error(libc::EPROTO))
 }
 
 /// The daemon's side: the window is ready for shrink `key`.
@@ -75,20 +102,45 @@ pub struct Stats {
     pub forwarded: u64,
 }
 
+/// A forwarded event: its file (kept open so no new event reuses the key before the daemon
+/// heard it is over), the thread, and once allowed, the syscall line it was blocked in.
+struct Pending {
+    _file: OwnedFd,
+    tid: i32,
+    line: Option<String>,
+    allowed: bool,
+}
+
 /// The supervisor's side: reads events, answers or forwards them.
 pub struct Watcher {
     group: OwnedFd,
     sock: UnixStream,
     /// The daemon's processes (their own accesses follow the window's rules already).
     daemon: Vec<u32>,
-    /// Forwarded events by key, kept open so no new event reuses the key before the answer.
-    pending: HashMap<i32, OwnedFd>,
+    pending: HashMap<i32, Pending>,
     pub stats: Stats,
 }
 
 fn tgid_of(tid: i32) -> Option<u32> {
     let s = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
     s.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok())
+}
+
+fn syscall_of(tid: i32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{tid}/syscall")).ok()
+}
+
+/// The syscall line of a thread that waits for our answer. The event is queued before the
+/// thread goes to sleep, so for a moment it may still read "running".
+fn blocked_syscall_of(tid: i32) -> Option<String> {
+    for _ in 0..BLOCK_TRIES {
+        let line = syscall_of(tid)?;
+        if line.trim() != "running" {
+            return Some(line);
+        }
+        std::thread::sleep(BLOCK_PAUSE);
+    }
+    syscall_of(tid)
 }
 
 impl Watcher {
@@ -107,10 +159,19 @@ impl Watcher {
         (group, self.sock.as_fd())
     }
 
+    /// How long the supervisor may sleep: short while an allowed shrink runs.
+    pub fn timeout(&self) -> Option<std::time::Duration> {
+        self.pending.values().any(|p| p.allowed).then_some(DONE_POLL)
+    }
+
     /// The group is readable: decide every queued event.
     pub fn on_events(&mut self) -> io::Result<()> {
         for ev in fan::read(self.group.as_fd())? {
             let key = ev.file.as_raw_fd();
+            // A new event of a thread whose shrink was allowed: that syscall is over.
+            let over: Vec<i32> =
+                self.pending.iter().filter(|(_, p)| p.allowed && p.tid == ev.tid).map(|(k, _)| *k).collect();
+            over.into_iter().for_each(|k| self.done(k));
             match self.decide(&ev) {
                 None => {
                     self.stats.allowed += 1;
@@ -120,13 +181,13 @@ impl Watcher {
                 }
                 Some(s) => {
                     self.stats.forwarded += 1;
-                    if let Err(e) = self.sock.write_all(&s.encode()) {
+                    if let Err(e) = self.sock.write_all(&Msg::Shrink(s).encode()) {
                         // No daemon to prepare the window: it is going away with its mappings.
                         debug!("cannot pass a host shrink on: {e}");
                         let _ = fan::answer(self.group.as_fd(), key, true);
                         continue;
                     }
-                    self.pending.insert(key, ev.file);
+                    self.pending.insert(key, Pending { _file: ev.file, tid: ev.tid, line: None, allowed: false });
                 }
             }
         }
@@ -135,14 +196,13 @@ impl Watcher {
 
     /// None: allow now. Some: the daemon must prepare first.
     fn decide(&self, ev: &fan::Event) -> Option<Shrink> {
-        let tgid = tgid_of(ev.tid);
         // Gone: its syscall was interrupted, nothing will happen.
-        let tgid = tgid?;
+        let tgid = tgid_of(ev.tid)?;
         if self.daemon.contains(&tgid) || tgid == std::process::id() {
             return None;
         }
-        let st = fstat(ev.file.as_fd()).ok()?;
-        let line = std::fs::read_to_string(format!("/proc/{}/syscall", ev.tid)).ok();
+        let st = fan::fstat(ev.file.as_fd()).ok()?;
+        let line = blocked_syscall_of(ev.tid);
         let comm = std::fs::read_to_string(format!("/proc/{}/comm", ev.tid)).unwrap_or_default();
         let kind = if ev.open { Kind::Open } else { Kind::Access };
         let size = u64::try_from(st.st_size).unwrap_or(0);
@@ -155,36 +215,48 @@ impl Watcher {
         }
     }
 
+    /// The daemon hears that shrink `key` is over.
+    fn done(&mut self, key: i32) {
+        if self.pending.remove(&key).is_some()
+            && let Err(e) = self.sock.write_all(&Msg::Done(key).encode())
+        {
+            debug!("cannot tell the daemon a host shrink is over: {e}");
+        }
+    }
+
+    /// Allowed shrinks whose thread has left the syscall it was blocked in are over. A thread
+    /// on a CPU reads "running" (it may still be in that syscall): not over yet.
+    pub fn on_tick(&mut self) {
+        let left = |p: &Pending| match syscall_of(p.tid) {
+            None => !std::path::Path::new(&format!("/proc/{}", p.tid)).exists(),
+            Some(now) => now.trim() != "running" && Some(&now) != p.line.as_ref(),
+        };
+        let over: Vec<i32> = self.pending.iter().filter(|(_, p)| p.allowed && left(p)).map(|(k, _)| *k).collect();
+        over.into_iter().for_each(|k| self.done(k));
+    }
+
     /// The socket is readable: answer what the daemon is ready for. False once it is gone
     /// (then every waiting event is allowed: the daemon's mappings went with it).
     pub fn on_ready(&mut self) -> bool {
         let mut b = [0u8; 4];
         if self.sock.read_exact(&mut b).is_err() {
-            for (key, _file) in self.pending.drain() {
-                let _ = fan::answer(self.group.as_fd(), key, true);
+            for (key, p) in self.pending.drain() {
+                if !p.allowed {
+                    let _ = fan::answer(self.group.as_fd(), key, true);
+                }
             }
             return false;
         }
         let key = i32::from_le_bytes(b);
-        if self.pending.remove(&key).is_some()
-            && let Err(e) = fan::answer(self.group.as_fd(), key, true)
-        {
+        let Some(p) = self.pending.get_mut(&key).filter(|p| !p.allowed) else { return true };
+        // The line before the answer: the thread is still blocked in that syscall.
+        p.line = blocked_syscall_of(p.tid);
+        p.allowed = true;
+        if let Err(e) = fan::answer(self.group.as_fd(), key, true) {
             warn!("cannot answer a host shrink: {e}");
         }
         true
     }
-}
-
-#[allow(unsafe_code)]
-fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: `st` is writable for one stat; the fd is borrowed.
-    let r = unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fstat succeeded and filled `st`.
-    Ok(unsafe { st.assume_init() })
 }
 
 #[cfg(test)]
@@ -192,8 +264,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shrink_survives_the_wire() {
-        let s = Shrink { key: 17, dev: 0x803, ino: u64::MAX - 1, new_size: 4097 };
-        assert_eq!(Shrink::decode(&s.encode()), s);
+    fn messages_survive_the_wire() {
+        let s = Msg::Shrink(Shrink { key: 17, dev: 0x803, ino: u64::MAX - 1, new_size: 4097 });
+        assert_eq!(Msg::decode(&s.encode()), Some(s));
+        assert_eq!(Msg::decode(&Msg::Done(-3).encode()), Some(Msg::Done(-3)));
+        let mut bad = Msg::Done(1).encode();
+        bad[4] = 9;
+        assert_eq!(Msg::decode(&bad), None);
     }
 }

@@ -31,9 +31,9 @@ pub enum Mode {
     None,
 }
 
-/// The processes (among the given ones, or all) other than `exclude` that map file (dev, ino),
-/// read from the host's /proc.
-pub type ScanFn = fn(u64, u64, Option<&[u32]>, &[u32]) -> Vec<u32>;
+/// The processes (among the given ones, or all) other than `exclude` that map file (dev, ino)
+/// at or past file offset `from`, read from the host's /proc.
+pub type ScanFn = fn(u64, u64, u64, Option<&[u32]>, &[u32]) -> Vec<u32>;
 
 /// What to set up.
 pub struct Plan<'a> {
