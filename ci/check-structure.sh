@@ -23,6 +23,7 @@ forbid src/fs 'crate::(fuse|device)|vhost' "fs/ must not use fuse, device or vho
 forbid src/device 'fs::passthrough' "device/ must not use passthrough internals"
 forbid src/cli.rs 'crate::' "cli.rs must not use other modules"
 forbid src/sandbox 'crate::(fuse|fs|dax|device|cli)' "sandbox/ must not use other modules"
+forbid src/guard 'crate::(fuse|fs|dax|device|cli|sandbox)' "guard/ must not use other modules"
 forbid src/log_limit.rs 'crate::(fuse|fs|dax|device|cli|sandbox)' "log_limit.rs is a leaf"
 
 while read -r f; do

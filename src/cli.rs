@@ -52,6 +52,18 @@ pub enum DaxFiles {
     None,
 }
 
+/// How the daemon keeps other host processes' truncates off the guest's mappings (I5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DaxGuard {
+    /// fanotify when the daemon may create a group (root, Linux 6.14+), leases otherwise.
+    Auto,
+    /// A fanotify pre-content group: reads and writes by host processes leave the guest's
+    /// mappings alone; only shrinks unmap the pages past the new EOF. Fails to start without.
+    Fanotify,
+    /// Leases: any host open of a mapped file revokes its pieces until the file is stable.
+    Lease,
+}
+
 /// Log levels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogLevel {
@@ -173,6 +185,9 @@ pub struct Options {
     /// Which files get per-inode DAX under `-o dax=inode`.
     #[arg(long, value_enum, default_value_t = DaxFiles::Leasable)]
     pub dax_files: DaxFiles,
+    /// How other host processes' truncates are kept off the guest's mappings.
+    #[arg(long, value_enum, default_value_t = DaxGuard::Auto)]
+    pub dax_guard: DaxGuard,
     /// UNSAFE: map files the daemon cannot lease. Another host process truncating such a file
     /// while the guest maps it can kill the VM (host SIGBUS). Default: refuse with EIO.
     #[arg(long)]

@@ -7,5 +7,6 @@ pub mod dax;
 pub mod device;
 pub mod fs;
 pub mod fuse;
+pub mod guard;
 pub mod log_limit;
 pub mod sandbox;

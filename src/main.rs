@@ -1,6 +1,7 @@
 //! daxfsd: parse options, set up logging and limits, build the filesystem, the FUSE server and
 //! the vhost-user device, then serve frontends on the socket one after another.
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -55,6 +56,8 @@ enum StartupError {
     DaxWindowSlots { window: String, slots: u64, max: usize, reserved: usize, fit: u64 },
     #[error("--dax-copy-max {0:?}: give a size in bytes, with an optional K/M/G suffix")]
     DaxCopyMax(String),
+    #[error("--dax-guard fanotify: {0} (needs root and Linux 6.14+; --dax-guard lease uses leases)")]
+    Guard(std::io::Error),
     #[error("cannot set up the DAX window: {0}")]
     Dax(std::io::Error),
     #[error("{0}")]
@@ -133,7 +136,32 @@ fn dax_window_len(o: &Options) -> Result<u64, StartupError> {
     Ok(len)
 }
 
-fn make_dax(o: &Options, maps: Option<sandbox::MapsClient>) -> Result<Option<Arc<Dax>>, StartupError> {
+/// The host guard's fanotify group, made before the sandbox drops CAP_SYS_ADMIN (`--dax-guard`).
+/// The supervisor reads its events, so there is none without one (`--sandbox none`).
+fn guard_group(o: &Options, dax_on: bool, mode: sandbox::Mode) -> Result<Option<OwnedFd>, StartupError> {
+    if !dax_on || o.dax_guard == cli::DaxGuard::Lease {
+        return Ok(None);
+    }
+    let made = if mode == sandbox::Mode::None {
+        Err(std::io::Error::other("--sandbox none has no supervisor to read its events"))
+    } else {
+        daxfsd::guard::fan::group()
+    };
+    match (made, o.dax_guard) {
+        (Ok(g), _) => Ok(Some(g)),
+        (Err(e), cli::DaxGuard::Fanotify) => Err(StartupError::Guard(e)),
+        (Err(e), _) => {
+            info!("host guard: no fanotify group ({e}); leases protect the mapped files (I5)");
+            Ok(None)
+        }
+    }
+}
+
+fn make_dax(
+    o: &Options,
+    maps: Option<sandbox::MapsClient>,
+    guard: Option<(OwnedFd, std::os::unix::net::UnixStream)>,
+) -> Result<Option<Arc<Dax>>, StartupError> {
     let len = dax_window_len(o)?;
     if len == 0 {
         return Ok(None);
@@ -148,8 +176,12 @@ fn make_dax(o: &Options, maps: Option<sandbox::MapsClient>) -> Result<Option<Arc
     if o.dax_probe_frontend {
         dax.probe_frontend();
     }
+    if let Some((group, sock)) = guard {
+        dax.set_host_guard(group, sock).map_err(StartupError::Guard)?;
+        info!("host guard: fanotify; host reads and writes leave the guest's mappings alone");
+    }
     if let Some(maps) = maps {
-        dax.set_mapped_elsewhere(Arc::new(move |dev, ino, among| maps.processes_mapping(dev, ino, among)));
+        dax.set_mapped_elsewhere(Arc::new(move |dev, ino, from, among| maps.processes_mapping(dev, ino, from, among)));
     }
     Ok(Some(Arc::new(dax)))
 }
@@ -327,6 +359,7 @@ fn run() -> Result<u8, StartupError> {
     set_rlimit(o.rlimit_nofile)?;
     let threads = pool_size(o.thread_pool_size);
     let mut listener = listen(&o)?;
+    let group = guard_group(&o, dax_on, c.mode)?;
     let plan = sandbox::Plan {
         mode: c.mode,
         shared_dir: &shared_dir,
@@ -334,13 +367,18 @@ fn run() -> Result<u8, StartupError> {
         gid_map: c.gid_map,
         scan: daxfsd::dax::processes_mapping,
         seccomp: c.seccomp,
+        guard: group.as_ref(),
     };
     let mut confined = match sandbox::enter(&plan)? {
         Entered::Exited(code) => return Ok(code),
         Entered::Daemon(confined) => confined,
     };
+    if let Some(sock) = &confined.guard {
+        sock.set_read_timeout(Some(daxfsd::guard::TICK)).map_err(StartupError::Guard)?;
+    }
     sandbox::lock_down(c.caps, c.seccomp)?;
-    let dax = make_dax(&o, confined.maps.take())?;
+    let guard = group.zip(confined.guard.take());
+    let dax = make_dax(&o, confined.maps.take(), guard)?;
     let root = confined.root.clone();
     let rootless = confined.rootless;
     let fs = Passthrough::new(fs_config(&o, confined, dax.clone())).map_err(|e| {

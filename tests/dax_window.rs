@@ -16,7 +16,12 @@ const RW: u64 = FUSE_SETUPMAPPING_FLAG_READ | FUSE_SETUPMAPPING_FLAG_WRITE;
 
 /// File mappings only: read-only mappings of small files would be copies (tests/dax_copy.rs).
 fn dax_daemon() -> (Daemon, Client) {
-    let d = Daemon::start(&["--dax-window", "64M", "--dax-copy-max", "0"]);
+    dax_daemon_guarded_by("auto")
+}
+
+/// A DAX daemon whose mapped files are guarded by `guard` (`--dax-guard`).
+fn dax_daemon_guarded_by(guard: &str) -> (Daemon, Client) {
+    let d = Daemon::start(&["--dax-window", "64M", "--dax-copy-max", "0", "--dax-guard", guard]);
     let c = Client::connect_dax(&d.socket, 1, false);
     (d, c)
 }
@@ -306,7 +311,7 @@ fn destroy_unmaps_everything() {
 
 #[test]
 fn host_truncate_of_a_leased_file_revokes_before_it_returns() {
-    let (d, c) = dax_daemon();
+    let (d, c) = dax_daemon_guarded_by("lease");
     let (n, _fh) = mapped_file(&c, "f", 3 << 20);
     assert_eq!(c.vmm.window().pieces().len(), 2);
     // Another opener for write breaks the daemon's lease; the break must have unmapped every
@@ -369,11 +374,17 @@ fn inode_dax_flags_regular_files_per_policy() {
     assert_eq!(c.lookup(1, "f").unwrap().attr.flags & FUSE_ATTR_DAX, 0);
 }
 
-/// Host processes mutate a mapped, leased file in a loop while the window is scanned: no
-/// installed page may ever be past the host EOF (a read of one is EIO here, a dead VM there).
+/// Host processes mutate a mapped file in a loop while the window is scanned: no installed
+/// page may ever be past the host EOF (a read of one is EIO here, a dead VM there). Under
+/// both guards: leases, and fanotify.
 #[test]
 fn host_mutations_never_leave_an_installed_page_past_eof() {
-    let (d, c) = dax_daemon();
+    host_mutations_under("lease");
+    host_mutations_under("fanotify");
+}
+
+fn host_mutations_under(guard: &str) {
+    let (d, c) = dax_daemon_guarded_by(guard);
     let full = pattern_bytes(8, 0, 1 << 20);
     let (e, fh) = c.create(1, "f", libc::O_RDWR | libc::O_CREAT, 0o644).unwrap();
     write_all(&c, e.nodeid, fh, 0, &full);
@@ -413,7 +424,7 @@ fn host_mutations_never_leave_an_installed_page_past_eof() {
             }
         });
     });
-    assert_eq!(bad.load(std::sync::atomic::Ordering::SeqCst), 0, "installed pages seen past EOF\n{}", d.log());
+    assert_eq!(bad.load(std::sync::atomic::Ordering::SeqCst), 0, "{guard}: installed pages seen past EOF\n{}", d.log());
 }
 
 #[test]

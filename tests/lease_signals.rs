@@ -33,7 +33,7 @@ fn sigio_sent_to_the_daemon_is_survived() {
 /// every piece is unmapped before the breaker's open returns.
 #[test]
 fn lease_break_with_the_signal_queue_full_revokes_and_survives() {
-    let mut d = Daemon::start(&["--dax-window", "64M"]);
+    let mut d = Daemon::start(&["--dax-window", "64M", "--dax-guard", "lease"]);
     let c = Client::connect_dax(&d.socket, 1, false);
     let (e, fh) = c.create(1, "f", libc::O_RDWR | libc::O_CREAT, 0o644).unwrap();
     assert_eq!(c.write(e.nodeid, fh, 0, &pattern_bytes(5, 0, 8192)).unwrap(), 8192);

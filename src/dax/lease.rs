@@ -168,7 +168,7 @@ impl Leases {
             (inode, file)
         };
         inner.revoke(inode);
-        wait_unmapped_elsewhere(inner, &file);
+        wait_unmapped_elsewhere(inner, &file, 0);
         let Ok(mut st) = self.state.lock() else { return };
         st.held.remove(&inode);
         st.by_fd.remove(&fd);
@@ -236,10 +236,16 @@ impl Leases {
 /// it any more. One scan of all of /proc finds them; later checks read only their maps, so
 /// repeated breaks stay cheap. A process that had not mapped the file by then is not waited
 /// for: the frontend maps only on the daemon's SHMEM_MAP, and none is sent during a revoke.
-fn wait_unmapped_elsewhere(inner: &Inner, file: &OwnedFd) {
+/// The processes found are remembered for the connection (the frontend does not change), so
+/// later waits read only their maps. Only mappings of file offsets at or past `from` count.
+pub(super) fn wait_unmapped_elsewhere(inner: &Inner, file: &OwnedFd, from: u64) {
     let Ok((dev, ino)) = sys::file_id(file.as_fd()) else { return };
     let deadline = std::time::Instant::now() + UNMAP_WAIT;
-    let mut pids = inner.processes_mapping(dev, ino, None);
+    let known = inner.known_mappers();
+    let mut pids = inner.processes_mapping(dev, ino, from, (!known.is_empty()).then_some(known.as_slice()));
+    if known.is_empty() {
+        inner.remember_mappers(&pids);
+    }
     let mut pause = UNMAP_POLL_MIN;
     while !pids.is_empty() {
         if std::time::Instant::now() >= deadline {
@@ -248,7 +254,23 @@ fn wait_unmapped_elsewhere(inner: &Inner, file: &OwnedFd) {
         }
         std::thread::sleep(pause);
         pause = pause.saturating_mul(2).min(UNMAP_POLL_MAX);
-        pids = inner.processes_mapping(dev, ino, Some(&pids));
+        pids = inner.processes_mapping(dev, ino, from, Some(&pids));
+    }
+}
+
+impl Inner {
+    /// The frontend's processes found by an earlier wait on this connection.
+    pub(super) fn known_mappers(&self) -> Vec<u32> {
+        self.mappers.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    pub(super) fn remember_mappers(&self, pids: &[u32]) {
+        if let Ok(mut p) = self.mappers.lock() {
+            // u32::MAX is the supervisor's "could not tell": never a pid to rely on.
+            p.extend(pids.iter().filter(|&&pid| pid != u32::MAX));
+            p.sort_unstable();
+            p.dedup();
+        }
     }
 }
 

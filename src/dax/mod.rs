@@ -3,6 +3,7 @@
 //! (DESIGN.md §3, I1-I6). Talks to the frontend only through `Mapper`; knows no FUSE or vhost.
 
 mod copy;
+mod guard;
 mod lease;
 mod probe;
 mod slots;
@@ -153,6 +154,8 @@ struct Inner {
     table: Mutex<Table>,
     inodes: Mutex<HashMap<InodeId, Arc<InodeDax>>>,
     leases: lease::Leases,
+    /// The host guard, when the daemon has a fanotify group: it replaces leases (I5).
+    host_guard: std::sync::OnceLock<guard::HostGuard>,
     /// Run the frontend conformance probe at the next SETUPMAPPING.
     probe: std::sync::atomic::AtomicBool,
     /// Whether this connection's frontend acknowledges window changes: `ACKS_*`.
@@ -170,6 +173,9 @@ struct Inner {
     /// Bumped (under the table lock) when the frontend drops every mapping itself (reset,
     /// disconnect): a SETUPMAPPING that began before must not map or record anything after.
     epoch: std::sync::atomic::AtomicU64,
+    /// The processes other than the daemon found mapping our files on this connection (the
+    /// frontend): I5's waits read only their maps.
+    mappers: Mutex<Vec<u32>>,
     /// Copies made and made again, for the summary line.
     copies_made: std::sync::atomic::AtomicU64,
     copies_refreshed: std::sync::atomic::AtomicU64,
@@ -185,14 +191,14 @@ struct SetupRun {
 /// `--dax-copy-max`'s default: most files of a source tree or a container image.
 pub const COPY_MAX_DEFAULT: u64 = 64 << 10;
 
-/// The processes other than the daemon that map file (dev, ino), among the given pids or all
-/// (None), for I5's wait (`sys::processes_mapping`'s contract).
-pub type MappedElsewhere = Arc<dyn Fn(u64, u64, Option<&[u32]>) -> Vec<u32> + Send + Sync>;
+/// The processes other than the daemon that map file (dev, ino) at or past a file offset,
+/// among the given pids or all (None), for I5's wait (`sys::processes_mapping`'s contract).
+pub type MappedElsewhere = Arc<dyn Fn(u64, u64, u64, Option<&[u32]>) -> Vec<u32> + Send + Sync>;
 
 /// The processes other than this one and `exclude` that map file (dev, ino), per this
 /// process's view of /proc (the sandbox's supervisor answers the daemon with it).
-pub fn processes_mapping(dev: u64, ino: u64, among: Option<&[u32]>, exclude: &[u32]) -> Vec<u32> {
-    sys::processes_mapping(dev, ino, among, exclude)
+pub fn processes_mapping(dev: u64, ino: u64, from: u64, among: Option<&[u32]>, exclude: &[u32]) -> Vec<u32> {
+    sys::processes_mapping(dev, ino, from, among, exclude)
 }
 
 /// `Inner::acks`: not checked yet on this connection, checked, or found missing.
@@ -225,6 +231,7 @@ impl Dax {
             table: Mutex::new(Table::default()),
             inodes: Mutex::new(HashMap::new()),
             leases: lease::Leases::new(weak.clone()),
+            host_guard: std::sync::OnceLock::new(),
             probe: std::sync::atomic::AtomicBool::new(false),
             acks: AtomicU8::new(ACKS_UNKNOWN),
             mapped_elsewhere: RwLock::new(None),
@@ -233,6 +240,7 @@ impl Dax {
             backing,
             copy_max: std::sync::atomic::AtomicU64::new(COPY_MAX_DEFAULT),
             epoch: std::sync::atomic::AtomicU64::new(0),
+            mappers: Mutex::new(Vec::new()),
             copies_made: std::sync::atomic::AtomicU64::new(0),
             copies_refreshed: std::sync::atomic::AtomicU64::new(0),
         });
@@ -246,6 +254,22 @@ impl Dax {
         if let Ok(mut m) = self.inner.mapped_elsewhere.write() {
             *m = Some(f);
         }
+    }
+
+    /// Guards mapped files with `group` (a fanotify pre-content group) instead of leases; the
+    /// watcher that reads its events passes host shrinks in over `sock` (`crate::guard`).
+    pub fn set_host_guard(&self, group: OwnedFd, sock: std::os::unix::net::UnixStream) -> io::Result<()> {
+        let g = guard::HostGuard::new(group);
+        if self.inner.host_guard.set(g).is_err() {
+            return Err(io::Error::from_raw_os_error(libc::EEXIST));
+        }
+        let weak = Arc::downgrade(&self.inner);
+        self.inner.host_guard.get().map_or(Ok(()), |g| g.start(weak, sock))
+    }
+
+    /// Whether the host guard (rather than a lease) protects `inode`'s mappings.
+    pub fn is_guarded(&self, inode: InodeId) -> bool {
+        self.inner.host_guard.get().is_some_and(|g| g.is_watched(inode))
     }
 
     /// Read-only mappings of files up to `max` bytes become copies (`--dax-copy-max`; 0: none).
@@ -296,6 +320,9 @@ impl Dax {
         if let Ok(mut m) = self.inner.mapper.write() {
             *m = Some(Arc::new(self.inner.slots.counting(mapper)));
             self.inner.acks.store(ACKS_UNKNOWN, Ordering::Release);
+        }
+        if let Ok(mut p) = self.inner.mappers.lock() {
+            p.clear();
         }
     }
 
@@ -477,6 +504,9 @@ impl Dax {
 impl Drop for Dax {
     fn drop(&mut self) {
         self.inner.leases.stop();
+        if let Some(g) = self.inner.host_guard.get() {
+            g.stop();
+        }
     }
 }
 
@@ -540,16 +570,7 @@ impl Inner {
         if self.is_copyable(&s, file.as_fd()) && self.setup_copy(inode, file, s, &*mapper, run)? {
             return Ok(());
         }
-        match self.leases.ensure(inode, file) {
-            Ok(false) => {}
-            Ok(true) => {
-                // The file is stable again after a lease break: re-install to EOF first.
-                self.unrevoke(inode);
-                self.reinstall(inode, file.as_fd())?;
-            }
-            Err(e) if self.policy == LeasePolicy::Require => return Err(DaxError::Unprotected(e)),
-            Err(e) => debug!("mapping inode {} without a lease: {e}", inode.0),
-        }
+        self.protect(inode, file)?;
         let eof = sys::file_size(file.as_fd()).map_err(DaxError::Host)?;
         let start = s.foffset.0;
         // I1: map writable from the start whenever the file allows, so the guest's read->write
@@ -576,6 +597,7 @@ impl Inner {
         }
         // Install up to the page holding EOF (valid); never a page wholly past EOF.
         let pieces = self.padded(file.as_fd(), |valid_end| {
+            let valid_end = self.clamp(inode, valid_end);
             let installed = valid_end.saturating_sub(start).min(s.range.len);
             if installed == 0 {
                 return Ok(Vec::new());
@@ -592,6 +614,34 @@ impl Inner {
         let file = Arc::clone(file);
         t.insert(Mapping { inode, file, range: s.range, foffset: s.foffset, writable, pieces, revoked: false });
         Ok(())
+    }
+
+    /// I5 for a file about to be mapped: the host guard's mark, or else a lease (re-installing
+    /// what a lease break revoked once the lease is back), or per policy nothing.
+    fn protect(&self, inode: InodeId, file: &Arc<OwnedFd>) -> Result<(), DaxError> {
+        let guarded = self.host_guard.get().is_some_and(|g| match g.watch(inode, file) {
+            Ok(()) => true,
+            Err(e) => {
+                debug!("inode {}: no host guard mark ({e}); a lease instead", inode.0);
+                false
+            }
+        });
+        if guarded {
+            return Ok(());
+        }
+        match self.leases.ensure(inode, file) {
+            Ok(false) => Ok(()),
+            Ok(true) => {
+                // The file is stable again after a lease break: re-install to EOF first.
+                self.unrevoke(inode);
+                self.reinstall(inode, file.as_fd())
+            }
+            Err(e) if self.policy == LeasePolicy::Require => Err(DaxError::Unprotected(e)),
+            Err(e) => {
+                debug!("mapping inode {} without a lease: {e}", inode.0);
+                Ok(())
+            }
+        }
     }
 
     /// NoWindow if the frontend dropped its mappings since `epoch` (call under the table lock).
@@ -730,6 +780,9 @@ impl Inner {
         let has = self.table.lock().map(|t| t.has_inode(inode)).unwrap_or(true);
         if !has {
             self.leases.release(inode);
+            if let Some(g) = self.host_guard.get() {
+                g.unwatch(inode);
+            }
         }
     }
 
@@ -748,11 +801,11 @@ impl Inner {
         let Ok(mapper) = self.mapper() else { return Ok(()) };
         let mut t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let eof = sys::file_size(file).map_err(DaxError::Host)?;
-        if !t.needs_fill(inode, round_up(eof, self.align)) {
+        if !t.needs_fill(inode, self.clamp(inode, round_up(eof, self.align))) {
             return Ok(());
         }
         let room = self.room(&t);
-        match self.padded(file, |valid_end| t.fill(inode, valid_end, &*mapper, room)) {
+        match self.padded(file, |valid_end| t.fill(inode, self.clamp(inode, valid_end), &*mapper, room)) {
             Ok(merged) => {
                 self.slots.note_merges(merged);
                 Ok(())
@@ -824,11 +877,11 @@ impl Inner {
     /// I5: another opener broke the lease. Unmap every piece of the inode (keeping the
     /// mappings) before the breaker may proceed; the lease is released by the caller after.
     /// The processes other than this one that map (dev, ino), among `among` or all.
-    fn processes_mapping(&self, dev: u64, ino: u64, among: Option<&[u32]>) -> Vec<u32> {
+    fn processes_mapping(&self, dev: u64, ino: u64, from: u64, among: Option<&[u32]>) -> Vec<u32> {
         let f = self.mapped_elsewhere.read().ok().and_then(|m| m.clone());
         match f {
-            Some(f) => f(dev, ino, among),
-            None => sys::processes_mapping(dev, ino, among, &[]),
+            Some(f) => f(dev, ino, from, among),
+            None => sys::processes_mapping(dev, ino, from, among, &[]),
         }
     }
 
@@ -872,7 +925,10 @@ impl Inner {
         if kept.is_empty() {
             self.leases.release_all();
         } else {
-            before.into_iter().filter(|i| !kept.contains(i)).for_each(|i| self.leases.release(i));
+            before.iter().filter(|i| !kept.contains(i)).for_each(|i| self.leases.release(*i));
+        }
+        if let Some(g) = self.host_guard.get() {
+            before.iter().filter(|i| !kept.contains(i)).for_each(|i| g.unwatch(*i));
         }
         if let Ok(mut m) = self.inodes.lock() {
             // A semaphore another thread holds stays (see `forget_inode`).

@@ -225,15 +225,26 @@ pub fn memfd(name: &std::ffi::CStr, len: u64) -> io::Result<std::fs::File> {
 /// /proc/<pid>/maps: among `among` only, or among every process when `None` (a scan of all
 /// of /proc). A process whose maps this one may not read is not seen (the README says when
 /// that happens: a rootless supervisor and a frontend of another user).
-pub fn processes_mapping(dev: u64, ino: u64, among: Option<&[u32]>, exclude: &[u32]) -> Vec<u32> {
+pub fn processes_mapping(dev: u64, ino: u64, from: u64, among: Option<&[u32]>, exclude: &[u32]) -> Vec<u32> {
     let me = std::process::id();
     let want_dev = format!("{:02x}:{:02x}", libc::major(dev), libc::minor(dev));
     let want_ino = ino.to_string();
     let maps_file = |pid: u32| {
         let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { return false };
         maps.lines().any(|l| {
-            let mut f = l.split_ascii_whitespace().skip(3);
-            f.next() == Some(want_dev.as_str()) && f.next() == Some(want_ino.as_str())
+            // start-end perms offset dev inode [path]: the mapping covers file offsets
+            // [offset, offset + end - start).
+            let mut f = l.split_ascii_whitespace();
+            let range = f.next().and_then(|r| r.split_once('-'));
+            let span = range.and_then(|(a, b)| {
+                Some(u64::from_str_radix(b, 16).ok()?.saturating_sub(u64::from_str_radix(a, 16).ok()?))
+            });
+            let offset = f.nth(1).and_then(|o| u64::from_str_radix(o, 16).ok());
+            let reaches = match (offset, span) {
+                (Some(o), Some(s)) => o.saturating_add(s) > from,
+                _ => true,
+            };
+            f.next() == Some(want_dev.as_str()) && f.next() == Some(want_ino.as_str()) && reaches
         })
     };
     let candidates: Vec<u32> = match among {
@@ -292,8 +303,8 @@ mod tests {
     fn processes_mapping_a_file_no_one_maps_is_none() {
         let f = memfd(c"test", 4096).unwrap();
         let (dev, ino) = file_id(f.as_fd()).unwrap();
-        assert!(processes_mapping(dev, ino, None, &[]).is_empty());
-        assert!(processes_mapping(dev, ino, Some(&[std::process::id(), u32::MAX]), &[]).is_empty());
+        assert!(processes_mapping(dev, ino, 0, None, &[]).is_empty());
+        assert!(processes_mapping(dev, ino, 0, Some(&[std::process::id(), u32::MAX]), &[]).is_empty());
     }
 
     #[test]

@@ -31,9 +31,9 @@ pub enum Mode {
     None,
 }
 
-/// The processes (among the given ones, or all) other than `exclude` that map file (dev, ino),
-/// read from the host's /proc.
-pub type ScanFn = fn(u64, u64, Option<&[u32]>, &[u32]) -> Vec<u32>;
+/// The processes (among the given ones, or all) other than `exclude` that map file (dev, ino)
+/// at or past file offset `from`, read from the host's /proc.
+pub type ScanFn = fn(u64, u64, u64, Option<&[u32]>, &[u32]) -> Vec<u32>;
 
 /// What to set up.
 pub struct Plan<'a> {
@@ -45,6 +45,8 @@ pub struct Plan<'a> {
     pub scan: ScanFn,
     /// The supervisor's seccomp action (the same as the daemon's).
     pub seccomp: SeccompMode,
+    /// The host guard's fanotify group (`crate::guard`): the supervisor reads its events.
+    pub guard: Option<&'a OwnedFd>,
 }
 
 /// Which process returned from `enter`.
@@ -66,6 +68,8 @@ pub struct Confined {
     pub maps: Option<MapsClient>,
     /// In a user namespace of its own (started as non-root).
     pub rootless: bool,
+    /// The host guard's channel from the supervisor (None: no guard; leases instead).
+    pub guard: Option<std::os::unix::net::UnixStream>,
 }
 
 /// Why the sandbox could not be set up; each says what the operator can do.
@@ -104,7 +108,7 @@ pub fn enter(plan: &Plan<'_>) -> Result<Entered, SandboxError> {
             }
             info!("sandbox: none (--sandbox none): the daemon sees the whole host");
             let root = plan.shared_dir.to_path_buf();
-            Ok(Entered::Daemon(Confined { root, proc_self_fd: None, maps: None, rootless: false }))
+            Ok(Entered::Daemon(Confined { root, proc_self_fd: None, maps: None, rootless: false, guard: None }))
         }
         Mode::Chroot => namespace::chroot(plan),
         Mode::Namespace => namespace::namespace(plan),

@@ -29,13 +29,22 @@ fn cpath(p: &Path) -> Result<CString, SandboxError> {
 /// The three channels between the processes, as socket pairs (daemon end, supervisor end).
 struct Channels {
     maps: (UnixStream, UnixStream),
+    guard: Option<(UnixStream, UnixStream)>,
     daemon_pid: (UnixStream, UnixStream),
     sync: (UnixStream, UnixStream),
 }
 
-fn channels() -> Result<Channels, SandboxError> {
+fn channels(guard: bool) -> Result<Channels, SandboxError> {
     let pair = || UnixStream::pair().map_err(step("socketpair"));
-    Ok(Channels { maps: pair()?, daemon_pid: pair()?, sync: pair()? })
+    let guard = if guard { Some(pair()?) } else { None };
+    Ok(Channels { maps: pair()?, guard, daemon_pid: pair()?, sync: pair()? })
+}
+
+/// The supervisor's watcher of the host guard's group, on its end of the channel.
+fn watcher(group: Option<&OwnedFd>, sock: Option<UnixStream>) -> Result<Option<crate::guard::Watcher>, SandboxError> {
+    let (Some(group), Some(sock)) = (group, sock) else { return Ok(None) };
+    let group = group.try_clone().map_err(step("dup of the fanotify group"))?;
+    Ok(Some(crate::guard::Watcher::new(group, sock)))
 }
 
 /// Runs the supervisor in this process until the child exits.
@@ -66,32 +75,34 @@ pub(super) fn chroot(plan: &Plan<'_>) -> Result<Entered, SandboxError> {
         return Err(SandboxError::NeedsRoot("chroot"));
     }
     let dir = cpath(plan.shared_dir)?;
-    let ch = channels()?;
+    let ch = channels(plan.guard.is_some())?;
     let me = std::process::id();
+    let (guard_daemon, guard_sup) = ch.guard.map_or((None, None), |(d, s)| (Some(d), Some(s)));
     match sys::fork().map_err(step("fork"))? {
         sys::Forked::Parent(child) => {
-            drop((ch.maps.0, ch.daemon_pid, ch.sync));
+            drop((ch.maps.0, ch.daemon_pid, ch.sync, guard_daemon));
+            let guard = watcher(plan.guard, guard_sup)?;
             supervise(
-                Watch { child, maps: Some(ch.maps.1), daemon_pid: None, scan: plan.scan, last_full_scan: None },
+                Watch { child, maps: Some(ch.maps.1), daemon_pid: None, scan: plan.scan, last_full_scan: None, guard },
                 plan.seccomp,
             )
         }
         sys::Forked::Child => {
             tie_to_parent(i32::try_from(me).unwrap_or(0))?;
-            drop((ch.maps.1, ch.daemon_pid, ch.sync));
+            drop((ch.maps.1, ch.daemon_pid, ch.sync, guard_sup));
             let proc_self_fd =
                 sys::open(c"/proc/self/fd", libc::O_PATH | libc::O_DIRECTORY).map_err(step("open /proc/self/fd"))?;
             sys::chroot(&dir).map_err(step("chroot"))?;
             sys::chdir(c"/").map_err(step("chdir /"))?;
             sys::clear_groups().map_err(step("setgroups"))?;
             info!("sandbox: chroot into {}", plan.shared_dir.display());
-            Ok(Entered::Daemon(confined(proc_self_fd, ch.maps.0, false)))
+            Ok(Entered::Daemon(confined(proc_self_fd, (ch.maps.0, guard_daemon), false)))
         }
     }
 }
 
-fn confined(proc_self_fd: OwnedFd, maps: UnixStream, rootless: bool) -> Confined {
-    Confined { root: "/".into(), proc_self_fd: Some(proc_self_fd), maps: Some(MapsClient::new(maps)), rootless }
+fn confined(proc_self_fd: OwnedFd, (maps, guard): (UnixStream, Option<UnixStream>), rootless: bool) -> Confined {
+    Confined { root: "/".into(), proc_self_fd: Some(proc_self_fd), maps: Some(MapsClient::new(maps)), rootless, guard }
 }
 
 /// namespace mode: supervisor -> init waiter (new pid namespace, and a user namespace when not
@@ -100,11 +111,13 @@ pub(super) fn namespace(plan: &Plan<'_>) -> Result<Entered, SandboxError> {
     let userns = sys::geteuid() != 0;
     let maps = idmap::plan(userns, &plan.uid_map, &plan.gid_map)?;
     let dir = cpath(plan.shared_dir)?;
-    let ch = channels()?;
+    let ch = channels(plan.guard.is_some())?;
     let me = std::process::id();
+    let (guard_daemon, guard_sup) = ch.guard.map_or((None, None), |(d, s)| (Some(d), Some(s)));
     match sys::fork().map_err(step("fork"))? {
         sys::Forked::Parent(child) => {
-            drop((ch.maps.0, ch.daemon_pid.0));
+            drop((ch.maps.0, ch.daemon_pid.0, guard_daemon));
+            let guard = watcher(plan.guard, guard_sup)?;
             let (_, mut sync) = ch.sync;
             if let Some(maps) = &maps {
                 handshake_maps(&mut sync, child, maps)?;
@@ -117,13 +130,14 @@ pub(super) fn namespace(plan: &Plan<'_>) -> Result<Entered, SandboxError> {
                     daemon_pid: Some(ch.daemon_pid.1),
                     scan: plan.scan,
                     last_full_scan: None,
+                    guard,
                 },
                 plan.seccomp,
             )
         }
         sys::Forked::Child => {
             tie_to_parent(i32::try_from(me).unwrap_or(0))?;
-            drop((ch.maps.1, ch.daemon_pid.1));
+            drop((ch.maps.1, ch.daemon_pid.1, guard_sup));
             let (mut sync, _) = ch.sync;
             let flags = libc::CLONE_NEWPID | if userns { libc::CLONE_NEWUSER } else { 0 };
             sys::unshare(flags).map_err(step("unshare(CLONE_NEWPID|CLONE_NEWUSER)"))?;
@@ -134,7 +148,7 @@ pub(super) fn namespace(plan: &Plan<'_>) -> Result<Entered, SandboxError> {
                 sys::become_ns_root().map_err(step("setresuid(0) in the user namespace"))?;
             }
             drop(sync);
-            init_waiter(&dir, (ch.maps.0, ch.daemon_pid.0), userns, (plan.shared_dir, plan.seccomp))
+            init_waiter(&dir, ((ch.maps.0, guard_daemon), ch.daemon_pid.0), userns, (plan.shared_dir, plan.seccomp))
         }
     }
 }
@@ -149,7 +163,7 @@ fn handshake_maps(sync: &mut UnixStream, child: libc::pid_t, maps: &idmap::Maps)
 /// The process that made the pid namespace forks its init (the daemon) and waits for it.
 fn init_waiter(
     dir: &CString,
-    (maps, mut pid_out): (UnixStream, UnixStream),
+    (maps, mut pid_out): ((UnixStream, Option<UnixStream>), UnixStream),
     userns: bool,
     (shown, mode): (&Path, super::SeccompMode),
 ) -> Result<Entered, SandboxError> {

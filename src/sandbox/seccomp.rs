@@ -133,6 +133,8 @@ const DAEMON: &[libc::c_long] = &[
     libc::SYS_fcntl,
     libc::SYS_dup,
     libc::SYS_dup3,
+    // the host guard marks mapped files in its fanotify group
+    libc::SYS_fanotify_mark,
     // the frontend conformance probe (--dax-probe-frontend) maps a memfd
     libc::SYS_memfd_create,
 ];

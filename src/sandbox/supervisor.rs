@@ -35,12 +35,14 @@ impl MapsClient {
         MapsClient { sock: Mutex::new(sock) }
     }
 
-    /// The processes other than the daemon that map (dev, ino), among `among` or all of them.
-    pub fn processes_mapping(&self, dev: u64, ino: u64, among: Option<&[u32]>) -> Vec<u32> {
+    /// The processes other than the daemon that map (dev, ino) at or past file offset `from`,
+    /// among `among` or all of them.
+    pub fn processes_mapping(&self, dev: u64, ino: u64, from: u64, among: Option<&[u32]>) -> Vec<u32> {
         let ask = |s: &mut UnixStream| -> io::Result<Vec<u32>> {
-            let mut req = Vec::with_capacity(24);
+            let mut req = Vec::with_capacity(32);
             req.extend_from_slice(&dev.to_le_bytes());
             req.extend_from_slice(&ino.to_le_bytes());
+            req.extend_from_slice(&from.to_le_bytes());
             let pids = among.map(|a| a.get(..MAX_PIDS).unwrap_or(a));
             // u32::MAX as the count means "all".
             let n = pids.map_or(u32::MAX, |p| u32::try_from(p.len()).unwrap_or(0));
@@ -94,6 +96,8 @@ pub(super) struct Watch {
     pub scan: ScanFn,
     /// When the last scan of every process began.
     pub last_full_scan: Option<std::time::Instant>,
+    /// The host guard's watcher (when the daemon has a fanotify group).
+    pub guard: Option<crate::guard::Watcher>,
 }
 
 /// Runs until the child exits; returns the exit code to leave with.
@@ -104,12 +108,41 @@ pub(super) fn run(mut w: Watch, pidfd: &OwnedFd, signals: &OwnedFd) -> io::Resul
     {
         exclude.push(pid);
     }
+    if let Some(g) = w.guard.as_mut() {
+        g.set_daemon(&exclude);
+    }
     loop {
         let mut fds = vec![pidfd.as_fd(), signals.as_fd()];
-        if let Some(m) = &w.maps {
+        let maps_at = w.maps.as_ref().map(|m| {
             fds.push(m.as_fd());
+            fds.len() - 1
+        });
+        let (mut group_at, mut guard_at) = (None, None);
+        if let Some(g) = &w.guard {
+            let (group, sock) = g.fds();
+            if let Some(group) = group {
+                fds.push(group);
+                group_at = Some(fds.len() - 1);
+            }
+            fds.push(sock);
+            guard_at = Some(fds.len() - 1);
         }
-        let ready = sys::poll_readable(&fds)?;
+        let timeout = w.guard.as_ref().and_then(crate::guard::Watcher::timeout);
+        let ready = sys::poll_readable_for(&fds, timeout)?;
+        drop(fds);
+        if let Some(g) = w.guard.as_mut() {
+            g.on_tick();
+        }
+        let is = |at: Option<usize>| at.is_some_and(|i| ready.get(i) == Some(&true));
+        if is(group_at)
+            && let Some(g) = w.guard.as_mut()
+            && let Err(e) = g.on_events()
+        {
+            warn!("cannot read the host guard's events: {e}");
+        }
+        if is(guard_at) && w.guard.as_mut().is_some_and(|g| !g.on_ready()) {
+            w.guard = None;
+        }
         if ready.first() == Some(&true) {
             return sys::waitpid(w.child).map(report);
         }
@@ -120,7 +153,7 @@ pub(super) fn run(mut w: Watch, pidfd: &OwnedFd, signals: &OwnedFd) -> io::Resul
                 warn!("cannot pass signal {sig} to the daemon: {e}");
             }
         }
-        if ready.get(2) == Some(&true) && !answer(&mut w, &exclude) {
+        if is(maps_at) && !answer(&mut w, &exclude) {
             w.maps = None;
         }
     }
@@ -145,13 +178,13 @@ pub(super) fn report(status: libc::c_int) -> u8 {
 /// Answers one maps query; false once the daemon closed its end (or broke the protocol).
 fn answer(w: &mut Watch, exclude: &[u32]) -> bool {
     let Some(sock) = w.maps.as_mut() else { return false };
-    let mut req = [0u8; 16];
+    let mut req = [0u8; 24];
     if sock.read_exact(&mut req).is_err() {
         return false;
     }
-    let (d, i) = req.split_at(8);
-    let dev = u64::from_le_bytes(d.try_into().unwrap_or_default());
-    let ino = u64::from_le_bytes(i.try_into().unwrap_or_default());
+    let word =
+        |r: std::ops::Range<usize>| u64::from_le_bytes(req.get(r).unwrap_or_default().try_into().unwrap_or_default());
+    let (dev, ino, from) = (word(0..8), word(8..16), word(16..24));
     let among = match read_u32(sock) {
         Ok(u32::MAX) => None,
         Ok(n) if usize::try_from(n).is_ok_and(|n| n <= MAX_PIDS) => {
@@ -168,6 +201,6 @@ fn answer(w: &mut Watch, exclude: &[u32]) -> bool {
         }
         w.last_full_scan = Some(std::time::Instant::now());
     }
-    let found = (w.scan)(dev, ino, among.as_deref(), exclude);
+    let found = (w.scan)(dev, ino, from, among.as_deref(), exclude);
     write_pids(sock, &found).is_ok()
 }

@@ -293,13 +293,15 @@ pub fn read_signal(fd: BorrowedFd<'_>) -> io::Result<u32> {
 }
 
 /// poll(2) on `fds` for POLLIN, retried on EINTR; returns which are ready (or hung up).
-pub fn poll_readable(fds: &[BorrowedFd<'_>]) -> io::Result<Vec<bool>> {
+/// Gives up after `timeout` (None: never); then nothing is readable.
+pub fn poll_readable_for(fds: &[BorrowedFd<'_>], timeout: Option<std::time::Duration>) -> io::Result<Vec<bool>> {
+    let ms = timeout.map_or(-1, |t| libc::c_int::try_from(t.as_millis().max(1)).unwrap_or(libc::c_int::MAX));
     let mut p: Vec<libc::pollfd> =
         fds.iter().map(|f| libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
     let n = libc::nfds_t::try_from(p.len()).unwrap_or(0);
     loop {
         // SAFETY: `p` is a writable array of `n` pollfds borrowed for the call.
-        let r = unsafe { libc::poll(p.as_mut_ptr(), n, -1) };
+        let r = unsafe { libc::poll(p.as_mut_ptr(), n, ms) };
         if r >= 0 {
             return Ok(p.iter().map(|x| x.revents != 0).collect());
         }
