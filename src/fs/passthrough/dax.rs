@@ -121,8 +121,7 @@ impl Passthrough {
         if let Some(dax) = self.dax_session() {
             dax.revalidate_copies(InodeId(inode.nodeid.0));
         }
-        let path = inode.path_fd()?;
-        self.dax_stable(inode, || sys::statx(path.as_fd()))
+        self.dax_stable(inode, || sys::statx(inode.path_fd()))
     }
 
     /// Truncates a DAX inode: shrinks go through the window's cut/re-install (I4).
