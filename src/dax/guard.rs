@@ -15,15 +15,21 @@ use super::{Inner, InodeId, lease, round_up, sys};
 use crate::guard;
 use crate::log_limit::{info_limited, warn_limited};
 
+/// A file as the host knows it: (dev, ino).
+type FileKey = (u64, u64);
+
 #[derive(Default)]
 struct State {
-    /// Marked files by (dev, ino).
-    marked: HashMap<(u64, u64), (InodeId, Arc<OwnedFd>)>,
-    /// Host shrinks allowed (or about to be) and not over yet, by the watcher's key: nothing
-    /// of the inode may be installed past that size meanwhile.
-    pending: HashMap<i32, (InodeId, u64)>,
-    /// Inodes a host shrink cut: re-installed when the file grows.
-    cut: HashSet<InodeId>,
+    /// Marked files by (dev, ino), with every inode of ours that maps them: a FORGET and a
+    /// new LOOKUP, a bind mount or a hard link give one host file several inodes.
+    marked: HashMap<FileKey, Vec<(InodeId, Arc<OwnedFd>)>>,
+    /// Which file each marked inode is.
+    by_inode: HashMap<InodeId, FileKey>,
+    /// Host shrinks asked for (or allowed) and not over yet, by the watcher's key: nothing of
+    /// the file may be installed past that size meanwhile.
+    pending: HashMap<i32, (FileKey, u64)>,
+    /// Files a host shrink cut: re-installed when they grow.
+    cut: HashSet<FileKey>,
 }
 
 /// The daemon's end of the guard.
@@ -49,66 +55,86 @@ impl HostGuard {
         self.stop.store(true, Ordering::Release);
     }
 
-    /// Marks `file` (once per inode). An error leaves the file to leases.
+    /// Marks `file` for `inode` (the host file once, however many inodes map it). An error
+    /// leaves the file to leases.
     pub(super) fn watch(&self, inode: InodeId, file: &Arc<OwnedFd>) -> io::Result<()> {
         let key = sys::file_id(file.as_fd())?;
         let mut st = self.state.lock().map_err(|_| io::Error::other("guard state poisoned"))?;
-        if st.marked.get(&key).is_some_and(|(i, _)| *i == inode) {
+        let entries = st.marked.get(&key).map_or(0, Vec::len);
+        if st.marked.get(&key).is_some_and(|v| v.iter().any(|(i, _)| *i == inode)) {
             return Ok(());
         }
-        guard::fan::mark(self.group.as_fd(), file.as_fd(), true)?;
-        st.marked.insert(key, (inode, Arc::clone(file)));
+        if entries == 0 {
+            guard::fan::mark(self.group.as_fd(), file.as_fd(), true)?;
+        }
+        st.marked.entry(key).or_default().push((inode, Arc::clone(file)));
+        st.by_inode.insert(inode, key);
         Ok(())
     }
 
     /// Whether `inode` is marked.
     pub(super) fn is_watched(&self, inode: InodeId) -> bool {
-        self.state.lock().is_ok_and(|st| st.marked.values().any(|(i, _)| *i == inode))
+        self.state.lock().is_ok_and(|st| st.by_inode.contains_key(&inode))
     }
 
-    /// Removes `inode`'s mark (its last mapping went away).
+    /// `inode`'s last mapping went away; the host file's mark goes with the last such inode.
     pub(super) fn unwatch(&self, inode: InodeId) {
         let Ok(mut st) = self.state.lock() else { return };
-        st.cut.remove(&inode);
-        let keys: Vec<(u64, u64)> = st.marked.iter().filter(|(_, (i, _))| *i == inode).map(|(k, _)| *k).collect();
-        for k in keys {
-            if let Some((_, f)) = st.marked.remove(&k)
-                && let Err(e) = guard::fan::mark(self.group.as_fd(), f.as_fd(), false)
-            {
-                debug!("cannot remove the mark of inode {}: {e}", inode.0);
-            }
+        let Some(key) = st.by_inode.remove(&inode) else { return };
+        let Some(entries) = st.marked.get_mut(&key) else { return };
+        let file = entries.iter().find(|(i, _)| *i == inode).map(|(_, f)| Arc::clone(f));
+        entries.retain(|(i, _)| *i != inode);
+        if !entries.is_empty() {
+            return;
+        }
+        st.marked.remove(&key);
+        st.cut.remove(&key);
+        if let Some(f) = file
+            && let Err(e) = guard::fan::mark(self.group.as_fd(), f.as_fd(), false)
+        {
+            debug!("cannot remove the mark of inode {}: {e}", inode.0);
         }
     }
 
-    /// The smallest size a pending host shrink may leave `inode` with.
+    /// The smallest size a pending host shrink may leave `inode`'s file with.
     pub(super) fn limit(&self, inode: InodeId) -> Option<u64> {
         let st = self.state.lock().ok()?;
-        st.pending.values().filter(|(i, _)| *i == inode).map(|(_, l)| *l).min()
+        let key = st.by_inode.get(&inode)?;
+        st.pending.values().filter(|(k, _)| k == key).map(|(_, l)| *l).min()
     }
 
-    fn begin(&self, key: i32, inode: InodeId, new_size: u64) {
+    fn begin(&self, key: i32, file: FileKey, new_size: u64) {
         if let Ok(mut st) = self.state.lock() {
-            st.pending.insert(key, (inode, new_size));
+            st.pending.insert(key, (file, new_size));
         }
     }
 
     fn end(&self, key: i32) {
         if let Ok(mut st) = self.state.lock()
-            && let Some((inode, _)) = st.pending.remove(&key)
+            && let Some((file, _)) = st.pending.remove(&key)
+            && st.marked.contains_key(&file)
         {
-            st.cut.insert(inode);
+            st.cut.insert(file);
         }
     }
 
-    fn lookup(&self, dev: u64, ino: u64) -> Option<(InodeId, Arc<OwnedFd>)> {
-        self.state.lock().ok()?.marked.get(&(dev, ino)).map(|(i, f)| (*i, Arc::clone(f)))
+    /// Every inode of ours that maps host file (dev, ino).
+    fn lookup(&self, file: FileKey) -> Vec<(InodeId, Arc<OwnedFd>)> {
+        let Ok(st) = self.state.lock() else { return Vec::new() };
+        st.marked.get(&file).map(|v| v.iter().map(|(i, f)| (*i, Arc::clone(f))).collect()).unwrap_or_default()
     }
 
-    /// Cut inodes no pending shrink holds back.
+    /// The inodes of cut files no pending shrink holds back.
     fn cut_inodes(&self) -> Vec<(InodeId, Arc<OwnedFd>)> {
         let Ok(st) = self.state.lock() else { return Vec::new() };
-        let held = |i: &InodeId| st.pending.values().any(|(p, _)| p == i);
-        st.marked.values().filter(|(i, _)| st.cut.contains(i) && !held(i)).map(|(i, f)| (*i, Arc::clone(f))).collect()
+        let held = |k: &FileKey| st.pending.values().any(|(p, _)| p == k);
+        st.cut
+            .iter()
+            .filter(|k| !held(k))
+            .filter_map(|k| st.marked.get(k))
+            .flatten()
+            .map(|(i, f)| (*i, Arc::clone(f)))
+            .collect()
     }
 }
 
@@ -119,14 +145,18 @@ fn run(inner: &Weak<Inner>, mut sock: UnixStream, stop: &AtomicBool) {
         let Some(g) = inner.host_guard.get() else { return };
         match next {
             Ok(guard::Msg::Shrink(s)) => {
-                match g.lookup(s.dev, s.ino) {
-                    Some((inode, file)) => {
-                        g.begin(s.key, inode, s.new_size);
-                        inner.host_shrink(inode, &file, s.new_size);
-                    }
-                    None => debug!("host shrink of an unmapped file (ino {})", s.ino),
+                let file = (s.dev, s.ino);
+                g.begin(s.key, file, s.new_size);
+                let inodes = g.lookup(file);
+                if inodes.is_empty() {
+                    debug!("host shrink of an unmapped file (ino {})", s.ino);
                 }
-                if let Err(e) = guard::ready(&mut sock, s.key) {
+                let except: Vec<u32> = (s.tgid != 0).then_some(s.tgid).into_iter().collect();
+                // Every inode, even after one failed: each cut is still worth making.
+                let results: Vec<bool> =
+                    inodes.iter().map(|(inode, f)| inner.host_shrink(*inode, f, s.new_size, &except)).collect();
+                let ok = results.into_iter().all(|ok| ok);
+                if let Err(e) = guard::ready(&mut sock, s.key, ok) {
                     warn!("cannot tell the supervisor the window is ready: {e}");
                     return;
                 }
@@ -145,32 +175,36 @@ fn run(inner: &Weak<Inner>, mut sock: UnixStream, stop: &AtomicBool) {
 }
 
 impl Inner {
-    /// I5 with the host guard: another host process is about to leave `file` `new_size` bytes
-    /// long (the guard holds that limit until the shrink is over). Unmaps the pieces past the
-    /// new EOF page first and waits until the frontend has dropped them.
-    pub(super) fn host_shrink(&self, inode: InodeId, file: &Arc<OwnedFd>, new_size: u64) {
+    /// I5 with the host guard: another host process (`except`) is about to leave `file`
+    /// `new_size` bytes long (the guard holds that limit until the shrink is over). Unmaps the
+    /// pieces past the new EOF page first and waits until the frontend has dropped them. False
+    /// when the window could not be made safe (the shrink is then denied).
+    pub(super) fn host_shrink(&self, inode: InodeId, file: &Arc<OwnedFd>, new_size: u64, except: &[u32]) -> bool {
         let st = self.inode(inode);
         let _g = st.sem.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let cut = round_up(new_size, self.align);
         if !self.table.lock().map(|t| t.crosses(inode, cut)).unwrap_or(true) {
-            return;
+            return true;
         }
         let t0 = std::time::Instant::now();
+        let mut ok = true;
         if let Err(e) = self.cut(inode, file.as_fd(), cut) {
             warn!("host shrink of inode {}: cannot cut at {cut}: {e}; revoking every piece", inode.0);
-            if let Ok(mapper) = self.mapper() {
+            let revoked = self.mapper().is_ok_and(|mapper| {
                 let mut t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                let _ = t.revoke(inode, &*mapper);
-            }
+                t.revoke(inode, &*mapper).is_ok()
+            });
+            ok = revoked && !self.table.lock().map(|t| t.crosses(inode, cut)).unwrap_or(true);
         }
         let t1 = std::time::Instant::now();
-        lease::wait_unmapped_elsewhere(self, file, cut);
+        let unmapped = lease::wait_unmapped_elsewhere(self, file, cut, except);
         info_limited!(
             "host shrink of inode {} to {new_size}: pieces past {cut} unmapped in {} us, dropped by the frontend {} us later",
             inode.0,
             t1.duration_since(t0).as_micros(),
             t1.elapsed().as_micros()
         );
+        ok && unmapped
     }
 
     /// `valid_end` (a page boundary past EOF), lowered to what a pending host shrink of

@@ -168,7 +168,7 @@ impl Leases {
             (inode, file)
         };
         inner.revoke(inode);
-        wait_unmapped_elsewhere(inner, &file, 0);
+        wait_unmapped_elsewhere(inner, &file, 0, &[]);
         let Ok(mut st) = self.state.lock() else { return };
         st.held.remove(&inode);
         st.by_fd.remove(&fd);
@@ -237,25 +237,33 @@ impl Leases {
 /// repeated breaks stay cheap. A process that had not mapped the file by then is not waited
 /// for: the frontend maps only on the daemon's SHMEM_MAP, and none is sent during a revoke.
 /// The processes found are remembered for the connection (the frontend does not change), so
-/// later waits read only their maps. Only mappings of file offsets at or past `from` count.
-pub(super) fn wait_unmapped_elsewhere(inner: &Inner, file: &OwnedFd, from: u64) {
-    let Ok((dev, ino)) = sys::file_id(file.as_fd()) else { return };
+/// later waits read only their maps. Only mappings of file offsets at or past `from` count,
+/// and only by processes other than `except` (a host truncater's own mappings are its
+/// business). False when some process still maps them after `UNMAP_WAIT`.
+pub(super) fn wait_unmapped_elsewhere(inner: &Inner, file: &OwnedFd, from: u64, except: &[u32]) -> bool {
+    let Ok((dev, ino)) = sys::file_id(file.as_fd()) else { return false };
     let deadline = std::time::Instant::now() + UNMAP_WAIT;
     let known = inner.known_mappers();
-    let mut pids = inner.processes_mapping(dev, ino, from, (!known.is_empty()).then_some(known.as_slice()));
+    let query = |among: Option<&[u32]>| {
+        let mut pids = inner.processes_mapping(dev, ino, from, among);
+        pids.retain(|p| !except.contains(p));
+        pids
+    };
+    let mut pids = query((!known.is_empty()).then_some(known.as_slice()));
     if known.is_empty() {
         inner.remember_mappers(&pids);
     }
     let mut pause = UNMAP_POLL_MIN;
     while !pids.is_empty() {
         if std::time::Instant::now() >= deadline {
-            warn!("the frontend still maps inode {ino} {UNMAP_WAIT:?} after unmapping it; releasing the lease anyway");
-            return;
+            warn!("the frontend still maps inode {ino} {UNMAP_WAIT:?} after unmapping it");
+            return false;
         }
         std::thread::sleep(pause);
         pause = pause.saturating_mul(2).min(UNMAP_POLL_MAX);
-        pids = inner.processes_mapping(dev, ino, from, Some(&pids));
+        pids = query(Some(&pids));
     }
+    true
 }
 
 impl Inner {

@@ -21,9 +21,15 @@ pub struct Event {
 
 /// A fanotify group of the pre-content class that reports thread ids. Creating one needs
 /// CAP_SYS_ADMIN; marking and answering need only the group's fd (and read access to the
-/// marked file).
+/// marked file). Its queue and marks are unlimited: no event is dropped for a full queue, and
+/// no mark refused for a count.
 pub fn group() -> io::Result<OwnedFd> {
-    let flags = libc::FAN_CLASS_PRE_CONTENT | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK | libc::FAN_REPORT_TID;
+    let flags = libc::FAN_CLASS_PRE_CONTENT
+        | libc::FAN_CLOEXEC
+        | libc::FAN_NONBLOCK
+        | libc::FAN_REPORT_TID
+        | libc::FAN_UNLIMITED_QUEUE
+        | libc::FAN_UNLIMITED_MARKS;
     let event_flags = u32::try_from(libc::O_RDONLY | libc::O_LARGEFILE | libc::O_CLOEXEC).unwrap_or(0);
     // SAFETY: plain syscall with integer arguments; the result is checked.
     let fd = unsafe { libc::fanotify_init(flags, event_flags) };

@@ -9,18 +9,26 @@
 mod classify;
 pub mod fan;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 
 pub use classify::{Kind, Verdict, classify};
 
-/// Most forwarded events waiting for the daemon; past that, the watcher waits for answers
-/// before it reads more events (the waiting processes stay blocked, nothing is allowed early).
-const MAX_PENDING: usize = 256;
+/// Most shrinks the daemon is asked to prepare for at once, so the channel never fills and
+/// the watcher never blocks on it. More wait in the watcher's backlog (their threads stay
+/// blocked, nothing is allowed early); the group is read at all times, so the daemon's own
+/// accesses are answered at once whatever waits.
+const MAX_IN_FLIGHT: usize = 64;
+
+/// How long an allowed shrink by a thread the watcher cannot see (pid 0: outside its pid
+/// namespace) holds the window back: such a thread cannot be watched leaving its syscall.
+const UNSEEN_HOLD: Duration = Duration::from_secs(1);
 
 /// A shrink the daemon prepares for before the watcher lets it happen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +39,9 @@ pub struct Shrink {
     pub ino: u64,
     /// The size the file may be left with.
     pub new_size: u64,
+    /// The shrinking process, as the watcher's /proc sees it (0: unseen). Its own mappings of
+    /// the file are its business: the window's wait for unmapped pages leaves it out.
+    pub tgid: u32,
 }
 
 /// What the watcher tells the daemon.
@@ -38,45 +49,49 @@ pub struct Shrink {
 pub enum Msg {
     /// Prepare the window for this shrink, then say `ready`.
     Shrink(Shrink),
-    /// The shrink with this key is over: the thread left the syscall (or died).
+    /// The shrink with this key is over: the thread left the syscall (or died), or it was
+    /// denied.
     Done(i32),
 }
 
-const MSG_LEN: usize = 32;
+const MSG_LEN: usize = 40;
 
 /// The daemon's read timeout on the channel: how often it checks cut files for growth. Set
 /// before the seccomp filter (setsockopt is not on the daemon's list).
-pub const TICK: std::time::Duration = std::time::Duration::from_millis(10);
+pub const TICK: Duration = Duration::from_millis(10);
 
 /// How long (tries, pause) the watcher waits for an event's thread to sleep.
 const BLOCK_TRIES: u32 = 100;
-const BLOCK_PAUSE: std::time::Duration = std::time::Duration::from_micros(100);
+const BLOCK_PAUSE: Duration = Duration::from_micros(100);
 
 /// How often the watcher looks whether an allowed shrink has finished.
-const DONE_POLL: std::time::Duration = std::time::Duration::from_millis(1);
+const DONE_POLL: Duration = Duration::from_millis(1);
 
 impl Msg {
     fn encode(&self) -> [u8; MSG_LEN] {
         let mut b = [0u8; MSG_LEN];
         let (key, kind, s) = match self {
             Msg::Shrink(s) => (s.key, 0u32, *s),
-            Msg::Done(k) => (*k, 1, Shrink { key: *k, dev: 0, ino: 0, new_size: 0 }),
+            Msg::Done(k) => (*k, 1, Shrink { key: *k, dev: 0, ino: 0, new_size: 0, tgid: 0 }),
         };
         b[0..4].copy_from_slice(&key.to_le_bytes());
         b[4..8].copy_from_slice(&kind.to_le_bytes());
         b[8..16].copy_from_slice(&s.dev.to_le_bytes());
         b[16..24].copy_from_slice(&s.ino.to_le_bytes());
         b[24..32].copy_from_slice(&s.new_size.to_le_bytes());
+        b[32..36].copy_from_slice(&s.tgid.to_le_bytes());
         b
     }
 
     fn decode(b: &[u8; MSG_LEN]) -> Option<Msg> {
         let u =
             |r: std::ops::Range<usize>| u64::from_le_bytes(b.get(r).unwrap_or_default().try_into().unwrap_or_default());
-        let key = i32::from_le_bytes(b.get(0..4).unwrap_or_default().try_into().unwrap_or_default());
-        let kind = u32::from_le_bytes(b.get(4..8).unwrap_or_default().try_into().unwrap_or_default());
+        let w = |r: std::ops::Range<usize>| b.get(r).unwrap_or_default().try_into().unwrap_or_default();
+        let key = i32::from_le_bytes(w(0..4));
+        let kind = u32::from_le_bytes(w(4..8));
+        let tgid = u32::from_le_bytes(w(32..36));
         match kind {
-            0 => Some(Msg::Shrink(Shrink { key, dev: u(8..16), ino: u(16..24), new_size: u(24..32) })),
+            0 => Some(Msg::Shrink(Shrink { key, dev: u(8..16), ino: u(16..24), new_size: u(24..32), tgid })),
             1 => Some(Msg::Done(key)),
             _ => None,
         }
@@ -90,9 +105,13 @@ pub fn next(sock: &mut UnixStream) -> io::Result<Msg> {
     Msg::decode(&b).ok_or_else(|| io::Error::from_raw_os_error(libc::EPROTO))
 }
 
-/// The daemon's side: the window is ready for shrink `key`.
-pub fn ready(sock: &mut UnixStream, key: i32) -> io::Result<()> {
-    sock.write_all(&key.to_le_bytes())
+/// The daemon's side: the window is ready for shrink `key` (`ok`), or could not be made ready
+/// (the watcher then denies the shrink: a failed host truncate beats a VM killed by SIGBUS).
+pub fn ready(sock: &mut UnixStream, key: i32, ok: bool) -> io::Result<()> {
+    let mut b = [0u8; 8];
+    b[0..4].copy_from_slice(&key.to_le_bytes());
+    b[4..8].copy_from_slice(&u32::from(ok).to_le_bytes());
+    sock.write_all(&b)
 }
 
 /// Counts for the log.
@@ -100,15 +119,36 @@ pub fn ready(sock: &mut UnixStream, key: i32) -> io::Result<()> {
 pub struct Stats {
     pub allowed: u64,
     pub forwarded: u64,
+    pub denied: u64,
+}
+
+/// Where a forwarded event is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// Waiting for a free in-flight place.
+    Backlog,
+    /// The daemon prepares the window.
+    Asked,
+    /// Allowed; the shrink runs until its thread leaves the syscall.
+    Allowed(Instant),
 }
 
 /// A forwarded event: its file (kept open so no new event reuses the key before the daemon
-/// heard it is over), the thread, and once allowed, the syscall line it was blocked in.
+/// heard it is over), the thread (None: unseen), and once allowed, the syscall line it was
+/// blocked in.
 struct Pending {
     _file: OwnedFd,
-    tid: i32,
+    tid: Option<i32>,
+    shrink: Shrink,
+    stage: Stage,
     line: Option<String>,
-    allowed: bool,
+}
+
+/// What to do with one event.
+enum Decision {
+    Allow,
+    Deny,
+    Shrink(Shrink, Option<i32>),
 }
 
 /// The supervisor's side: reads events, answers or forwards them.
@@ -118,6 +158,7 @@ pub struct Watcher {
     /// The daemon's processes (their own accesses follow the window's rules already).
     daemon: Vec<u32>,
     pending: HashMap<i32, Pending>,
+    backlog: VecDeque<i32>,
     pub stats: Stats,
 }
 
@@ -128,6 +169,18 @@ fn tgid_of(tid: i32) -> Option<u32> {
 
 fn syscall_of(tid: i32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{tid}/syscall")).ok()
+}
+
+fn gone(tid: i32) -> bool {
+    !std::path::Path::new(&format!("/proc/{tid}")).exists()
+}
+
+/// A u64 of a waiting thread's memory (the watcher keeps CAP_SYS_PTRACE).
+fn peek(tid: i32, at: u64) -> Option<u64> {
+    let mem = std::fs::File::open(format!("/proc/{tid}/mem")).ok()?;
+    let mut b = [0u8; 8];
+    mem.read_exact_at(&mut b, at).ok()?;
+    Some(u64::from_ne_bytes(b))
 }
 
 /// The syscall line of a thread that waits for our answer. The event is queued before the
@@ -145,7 +198,14 @@ fn blocked_syscall_of(tid: i32) -> Option<String> {
 
 impl Watcher {
     pub fn new(group: OwnedFd, sock: UnixStream) -> Watcher {
-        Watcher { group, sock, daemon: Vec::new(), pending: HashMap::new(), stats: Stats::default() }
+        Watcher {
+            group,
+            sock,
+            daemon: Vec::new(),
+            pending: HashMap::new(),
+            backlog: VecDeque::new(),
+            stats: Stats::default(),
+        }
     }
 
     /// The daemon's processes, as the watcher sees their pids.
@@ -153,15 +213,14 @@ impl Watcher {
         self.daemon = pids.to_vec();
     }
 
-    /// The fds to poll: the group (unless too many events wait for the daemon), the socket.
-    pub fn fds(&self) -> (Option<BorrowedFd<'_>>, BorrowedFd<'_>) {
-        let group = (self.pending.len() < MAX_PENDING).then(|| self.group.as_fd());
-        (group, self.sock.as_fd())
+    /// The fds to poll: the group, the socket.
+    pub fn fds(&self) -> (BorrowedFd<'_>, BorrowedFd<'_>) {
+        (self.group.as_fd(), self.sock.as_fd())
     }
 
     /// How long the supervisor may sleep: short while an allowed shrink runs.
-    pub fn timeout(&self) -> Option<std::time::Duration> {
-        self.pending.values().any(|p| p.allowed).then_some(DONE_POLL)
+    pub fn timeout(&self) -> Option<Duration> {
+        self.pending.values().any(|p| matches!(p.stage, Stage::Allowed(_))).then_some(DONE_POLL)
     }
 
     /// The group is readable: decide every queued event.
@@ -169,48 +228,90 @@ impl Watcher {
         for ev in fan::read(self.group.as_fd())? {
             let key = ev.file.as_raw_fd();
             // A new event of a thread whose shrink was allowed: that syscall is over.
-            let over: Vec<i32> =
-                self.pending.iter().filter(|(_, p)| p.allowed && p.tid == ev.tid).map(|(k, _)| *k).collect();
-            over.into_iter().for_each(|k| self.done(k));
+            if ev.tid > 0 {
+                let over: Vec<i32> = self
+                    .pending
+                    .iter()
+                    .filter(|(_, p)| matches!(p.stage, Stage::Allowed(_)) && p.tid == Some(ev.tid))
+                    .map(|(k, _)| *k)
+                    .collect();
+                over.into_iter().for_each(|k| self.done(k));
+            }
             match self.decide(&ev) {
-                None => {
+                Decision::Allow => {
                     self.stats.allowed += 1;
                     if let Err(e) = fan::answer(self.group.as_fd(), key, true) {
                         warn!("cannot answer a host access: {e}");
                     }
                 }
-                Some(s) => {
-                    self.stats.forwarded += 1;
-                    if let Err(e) = self.sock.write_all(&Msg::Shrink(s).encode()) {
-                        // No daemon to prepare the window: it is going away with its mappings.
-                        debug!("cannot pass a host shrink on: {e}");
-                        let _ = fan::answer(self.group.as_fd(), key, true);
-                        continue;
+                Decision::Deny => {
+                    self.stats.denied += 1;
+                    if let Err(e) = fan::answer(self.group.as_fd(), key, false) {
+                        warn!("cannot answer a host access: {e}");
                     }
-                    self.pending.insert(key, Pending { _file: ev.file, tid: ev.tid, line: None, allowed: false });
+                }
+                Decision::Shrink(shrink, tid) => {
+                    self.stats.forwarded += 1;
+                    let p = Pending { _file: ev.file, tid, shrink, stage: Stage::Backlog, line: None };
+                    self.pending.insert(key, p);
+                    self.backlog.push_back(key);
                 }
             }
         }
+        self.pump();
         Ok(())
     }
 
-    /// None: allow now. Some: the daemon must prepare first.
-    fn decide(&self, ev: &fan::Event) -> Option<Shrink> {
-        // Gone: its syscall was interrupted, nothing will happen.
-        let tgid = tgid_of(ev.tid)?;
-        if self.daemon.contains(&tgid) || tgid == std::process::id() {
-            return None;
+    /// Asks the daemon about backlogged shrinks while in-flight places are free.
+    fn pump(&mut self) {
+        let mut asked = self.pending.values().filter(|p| p.stage == Stage::Asked).count();
+        while asked < MAX_IN_FLIGHT {
+            let Some(key) = self.backlog.pop_front() else { return };
+            let Some(p) = self.pending.get_mut(&key) else { continue };
+            if let Err(e) = self.sock.write_all(&Msg::Shrink(p.shrink).encode()) {
+                // No daemon to prepare the window: it is going away with its mappings.
+                debug!("cannot pass a host shrink on: {e}");
+                let _ = fan::answer(self.group.as_fd(), key, true);
+                self.pending.remove(&key);
+                continue;
+            }
+            p.stage = Stage::Asked;
+            asked += 1;
         }
-        let st = fan::fstat(ev.file.as_fd()).ok()?;
+    }
+
+    fn decide(&self, ev: &fan::Event) -> Decision {
+        // Pid 0: a thread outside our pid namespace. Unseen, it cannot be classified.
+        let seen = if ev.tid > 0 {
+            match tgid_of(ev.tid) {
+                Some(tgid) if self.daemon.contains(&tgid) || tgid == std::process::id() => return Decision::Allow,
+                Some(tgid) => Some(tgid),
+                // Gone: its syscall was interrupted, nothing will happen.
+                None if gone(ev.tid) => return Decision::Allow,
+                None => None,
+            }
+        } else {
+            None
+        };
+        let Ok(st) = fan::fstat(ev.file.as_fd()) else {
+            warn!("cannot stat a guarded file a host thread accesses: denying the access");
+            return Decision::Deny;
+        };
+        let shrink = |new_size| Shrink { key: ev.file.as_raw_fd(), dev: st.st_dev, ino: st.st_ino, new_size, tgid: 0 };
+        let Some(tgid) = seen else {
+            debug!("host thread {} (unseen) accesses ino {}: treated as a shrink to 0", ev.tid, st.st_ino);
+            return Decision::Shrink(shrink(0), None);
+        };
         let line = blocked_syscall_of(ev.tid);
         let comm = std::fs::read_to_string(format!("/proc/{}/comm", ev.tid)).unwrap_or_default();
         let kind = if ev.open { Kind::Open } else { Kind::Access };
         let size = u64::try_from(st.st_size).unwrap_or(0);
-        match classify(kind, line.as_deref(), comm.trim(), size) {
-            Verdict::Allow => None,
+        let tid = ev.tid;
+        match classify(kind, line.as_deref(), comm.trim(), size, &|at| peek(tid, at)) {
+            Verdict::Allow => Decision::Allow,
             Verdict::Shrink(new_size) => {
                 debug!("host thread {} ({}) may shrink ino {} to {new_size}", ev.tid, comm.trim(), st.st_ino);
-                Some(Shrink { key: ev.file.as_raw_fd(), dev: st.st_dev, ino: st.st_ino, new_size })
+                Decision::Shrink(Shrink { tgid, ..shrink(new_size) }, Some(ev.tid))
             }
         }
     }
@@ -225,36 +326,52 @@ impl Watcher {
     }
 
     /// Allowed shrinks whose thread has left the syscall it was blocked in are over. A thread
-    /// on a CPU reads "running" (it may still be in that syscall): not over yet.
+    /// on a CPU reads "running" (it may still be in that syscall): not over yet. An unseen
+    /// thread's shrink is over after `UNSEEN_HOLD`.
     pub fn on_tick(&mut self) {
-        let left = |p: &Pending| match syscall_of(p.tid) {
-            None => !std::path::Path::new(&format!("/proc/{}", p.tid)).exists(),
-            Some(now) => now.trim() != "running" && Some(&now) != p.line.as_ref(),
+        let left = |p: &Pending| match (p.stage, p.tid) {
+            (Stage::Allowed(at), None) => at.elapsed() >= UNSEEN_HOLD,
+            (Stage::Allowed(_), Some(tid)) => match syscall_of(tid) {
+                None => gone(tid),
+                Some(now) => now.trim() != "running" && Some(&now) != p.line.as_ref(),
+            },
+            _ => false,
         };
-        let over: Vec<i32> = self.pending.iter().filter(|(_, p)| p.allowed && left(p)).map(|(k, _)| *k).collect();
+        let over: Vec<i32> = self.pending.iter().filter(|(_, p)| left(p)).map(|(k, _)| *k).collect();
         over.into_iter().for_each(|k| self.done(k));
     }
 
     /// The socket is readable: answer what the daemon is ready for. False once it is gone
     /// (then every waiting event is allowed: the daemon's mappings went with it).
     pub fn on_ready(&mut self) -> bool {
-        let mut b = [0u8; 4];
+        let mut b = [0u8; 8];
         if self.sock.read_exact(&mut b).is_err() {
             for (key, p) in self.pending.drain() {
-                if !p.allowed {
+                if !matches!(p.stage, Stage::Allowed(_)) {
                     let _ = fan::answer(self.group.as_fd(), key, true);
                 }
             }
+            self.backlog.clear();
             return false;
         }
-        let key = i32::from_le_bytes(b);
-        let Some(p) = self.pending.get_mut(&key).filter(|p| !p.allowed) else { return true };
-        // The line before the answer: the thread is still blocked in that syscall.
-        p.line = blocked_syscall_of(p.tid);
-        p.allowed = true;
-        if let Err(e) = fan::answer(self.group.as_fd(), key, true) {
-            warn!("cannot answer a host shrink: {e}");
+        let key = i32::from_le_bytes(b.get(0..4).unwrap_or_default().try_into().unwrap_or_default());
+        let ok = b.get(4..8) != Some(&[0u8; 4][..]);
+        if let Some(p) = self.pending.get_mut(&key).filter(|p| p.stage == Stage::Asked) {
+            // The line before the answer: the thread is still blocked in that syscall.
+            p.line = p.tid.and_then(blocked_syscall_of);
+            p.stage = Stage::Allowed(Instant::now());
+            if !ok {
+                self.stats.denied += 1;
+                warn!("the window could not be made ready for a host shrink of ino {}: denying it", p.shrink.ino);
+            }
+            if let Err(e) = fan::answer(self.group.as_fd(), key, ok) {
+                warn!("cannot answer a host shrink: {e}");
+            }
+            if !ok {
+                self.done(key);
+            }
         }
+        self.pump();
         true
     }
 }
@@ -265,7 +382,7 @@ mod tests {
 
     #[test]
     fn messages_survive_the_wire() {
-        let s = Msg::Shrink(Shrink { key: 17, dev: 0x803, ino: u64::MAX - 1, new_size: 4097 });
+        let s = Msg::Shrink(Shrink { key: 17, dev: 0x803, ino: u64::MAX - 1, new_size: 4097, tgid: 4_000_000 });
         assert_eq!(Msg::decode(&s.encode()), Some(s));
         assert_eq!(Msg::decode(&Msg::Done(-3).encode()), Some(Msg::Done(-3)));
         let mut bad = Msg::Done(1).encode();

@@ -120,10 +120,8 @@ pub(super) fn run(mut w: Watch, pidfd: &OwnedFd, signals: &OwnedFd) -> io::Resul
         let (mut group_at, mut guard_at) = (None, None);
         if let Some(g) = &w.guard {
             let (group, sock) = g.fds();
-            if let Some(group) = group {
-                fds.push(group);
-                group_at = Some(fds.len() - 1);
-            }
+            fds.push(group);
+            group_at = Some(fds.len() - 1);
             fds.push(sock);
             guard_at = Some(fds.len() - 1);
         }

@@ -38,7 +38,14 @@ impl Daemon {
 
     /// Starts daxfsd on an existing directory.
     pub fn start_in(share: tempfile::TempDir, extra: &[&str]) -> Daemon {
-        Self::spawn(share, extra, None)
+        Self::spawn(share, extra, None, &[])
+    }
+
+    /// Starts daxfsd under the command `wrap` (e.g. `unshare --pid --fork`): the daemon's
+    /// binary and arguments follow it.
+    #[allow(dead_code)]
+    pub fn start_wrapped(wrap: &[&str], extra: &[&str]) -> Daemon {
+        Self::spawn(tempfile::tempdir().unwrap(), extra, None, wrap)
     }
 
     /// Starts daxfsd as the unprivileged user `uid` (gid the same number), rootless: the share
@@ -46,10 +53,10 @@ impl Daemon {
     pub fn start_as(uid: u32, extra: &[&str]) -> Daemon {
         let share = tempfile::tempdir().unwrap();
         std::os::unix::fs::chown(share.path(), Some(uid), Some(uid)).unwrap();
-        Self::spawn(share, extra, Some(uid))
+        Self::spawn(share, extra, Some(uid), &[])
     }
 
-    fn spawn(share: tempfile::TempDir, extra: &[&str], uid: Option<u32>) -> Daemon {
+    fn spawn(share: tempfile::TempDir, extra: &[&str], uid: Option<u32>, wrap: &[&str]) -> Daemon {
         use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().unwrap();
         if let Some(uid) = uid {
@@ -57,7 +64,15 @@ impl Daemon {
         }
         let socket = dir.path().join("vfs.sock");
         let log = dir.path().join("daemon.log");
-        let mut cmd = Command::new(option_env!("CARGO_BIN_EXE_daxfsd").unwrap_or("target/debug/daxfsd"));
+        let bin = option_env!("CARGO_BIN_EXE_daxfsd").unwrap_or("target/debug/daxfsd");
+        let mut cmd = match wrap.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         if let Some(uid) = uid {
             cmd.uid(uid).gid(uid);
         }
