@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -30,6 +30,8 @@ struct State {
     pending: HashMap<i32, (FileKey, u64)>,
     /// Files a host shrink cut: re-installed when they grow.
     cut: HashSet<FileKey>,
+    /// Whether the filesystem (by st_dev) takes the group's marks (tmpfs does not).
+    markable: HashMap<u64, bool>,
 }
 
 /// The daemon's end of the guard.
@@ -66,10 +68,28 @@ impl HostGuard {
         }
         if entries == 0 {
             guard::fan::mark(self.group.as_fd(), file.as_fd(), true)?;
+            st.markable.insert(key.0, true);
         }
         st.marked.entry(key).or_default().push((inode, Arc::clone(file)));
         st.by_inode.insert(inode, key);
         Ok(())
+    }
+
+    /// Whether `file`'s filesystem takes the group's marks: known from a mark made, or tried
+    /// once per filesystem with a mark taken off at once (only on a file not marked yet, whose
+    /// mark must stay).
+    pub(super) fn can_mark(&self, file: BorrowedFd<'_>) -> bool {
+        let Ok(key) = sys::file_id(file) else { return false };
+        let Ok(mut st) = self.state.lock() else { return false };
+        if let Some(&ok) = st.markable.get(&key.0) {
+            return ok;
+        }
+        let ok = st.marked.contains_key(&key) || guard::fan::mark(self.group.as_fd(), file, true).is_ok();
+        if ok && !st.marked.contains_key(&key) {
+            let _ = guard::fan::mark(self.group.as_fd(), file, false);
+        }
+        st.markable.insert(key.0, ok);
+        ok
     }
 
     /// Whether `inode` is marked.

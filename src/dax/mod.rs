@@ -267,6 +267,13 @@ impl Dax {
         self.inner.host_guard.get().map_or(Ok(()), |g| g.start(weak, sock))
     }
 
+    /// Whether the host guard (rather than a lease) would protect mappings of `file`: its
+    /// filesystem takes the guard's marks. Then the daemon may open the file again freely (no
+    /// lease of its own to break).
+    pub fn guards(&self, file: BorrowedFd<'_>) -> bool {
+        self.inner.host_guard.get().is_some_and(|g| g.can_mark(file))
+    }
+
     /// Whether the host guard (rather than a lease) protects `inode`'s mappings.
     pub fn is_guarded(&self, inode: InodeId) -> bool {
         self.inner.host_guard.get().is_some_and(|g| g.is_watched(inode))

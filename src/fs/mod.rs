@@ -218,8 +218,9 @@ pub trait ZeroCopyWriter {
 
 /// Writes guest request data straight into a host file.
 pub trait ZeroCopyReader {
-    /// pwritev up to `count` bytes at `off` to `fd` from the guest buffers; returns bytes written.
-    fn write_to(&mut self, fd: BorrowedFd<'_>, count: usize, off: u64) -> io::Result<usize>;
+    /// pwritev2 up to `count` bytes at `off` to `fd` from the guest buffers, with the per-write
+    /// flags `rwf` (RWF_APPEND, RWF_DSYNC, ...); returns bytes written.
+    fn write_to(&mut self, fd: BorrowedFd<'_>, count: usize, off: u64, rwf: libc::c_int) -> io::Result<usize>;
 }
 
 /// Options the filesystem wants negotiated at INIT (it asks; the guest may refuse).

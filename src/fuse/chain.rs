@@ -203,7 +203,7 @@ impl<'a> Reader<'a> {
 }
 
 impl ZeroCopyReader for Reader<'_> {
-    fn write_to(&mut self, fd: BorrowedFd<'_>, count: usize, off: u64) -> io::Result<usize> {
+    fn write_to(&mut self, fd: BorrowedFd<'_>, count: usize, off: u64, rwf: libc::c_int) -> io::Result<usize> {
         let iovs = self.0.iovecs(count.min(self.0.available));
         if iovs.is_empty() {
             return Ok(0);
@@ -211,9 +211,9 @@ impl ZeroCopyReader for Reader<'_> {
         let off = libc::off_t::try_from(off).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         let n_iov = libc::c_int::try_from(iovs.len()).unwrap_or(libc::c_int::MAX);
         // SAFETY: every iovec points into guest memory kept mapped by the `GuestMem` borrowed for
-        // 'a, with a length inside its VolatileSlice; pwritev only reads from them, and a
+        // 'a, with a length inside its VolatileSlice; pwritev2 only reads from them, and a
         // concurrent guest write to that memory can only change the bytes written.
-        let n = unsafe { libc::pwritev(fd.as_raw_fd(), iovs.as_ptr(), n_iov, off) };
+        let n = unsafe { libc::pwritev2(fd.as_raw_fd(), iovs.as_ptr(), n_iov, off, rwf) };
         let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
         self.0.advance(n);
         Ok(n)

@@ -7,6 +7,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use super::handles::OpenMode;
 use super::inodes::{DaxFile, Inode};
 use super::quota::FdPermit;
 use super::{Passthrough, errno};
@@ -78,6 +79,24 @@ impl Passthrough {
     pub(super) fn adopt_shared_file(&self, inode: &Inode, fd: OwnedFd, permit: FdPermit) -> io::Result<Arc<OwnedFd>> {
         let mut slot = inode.dax_file.lock().map_err(|_| errno(libc::EIO))?;
         Ok(Arc::clone(&slot.get_or_insert_with(|| DaxFile { fd: Arc::new(fd), _permit: permit }).fd))
+    }
+
+    /// A guest handle of a DAX inode opened with `flags` (its O_TRUNC is the caller's), and what
+    /// it was opened for. Normally a clone of the shared file, so no open of ours breaks the
+    /// daemon's own lease, with O_APPEND and O_SYNC/O_DSYNC carried out per write. A host fd of
+    /// its own, with the guest's flags, when the clone cannot serve the open (a write open of a
+    /// file the shared file only reads: the open gets the host's answer, e.g. EPERM on an
+    /// append-only file), or when the open asks for what a clone has not (O_DIRECT; O_APPEND and
+    /// O_SYNC too, so a host appender's bytes are never overwritten between the check and the
+    /// write) and the host guard protects the file, so that no lease can break.
+    pub(super) fn dax_open(&self, inode: &Inode, flags: u32, shared: &Arc<OwnedFd>) -> io::Result<(OwnedFd, OpenMode)> {
+        let host = self.host_open_flags(flags) & !libc::O_TRUNC;
+        let needs_own_fd = host & (libc::O_APPEND | libc::O_DSYNC | libc::O_DIRECT) != 0;
+        let cannot_clone = Self::wants_write(flags) && sys::is_read_only(shared.as_fd())?;
+        if cannot_clone || (needs_own_fd && self.dax_session().is_some_and(|d| d.guards(shared.as_fd()))) {
+            return Ok((self.reopen(inode, host)?, OpenMode::of(host)));
+        }
+        Ok((shared.try_clone()?, OpenMode::emulated(host)))
     }
 
     /// An fd for host I/O on `inode` that never breaks our own lease: the shared file for DAX

@@ -2,7 +2,7 @@
 
 use std::io;
 
-use super::handles::Handle;
+use super::handles::{Handle, OpenMode};
 use super::{CachePolicy, Passthrough, errno};
 use crate::fs::{DirEntry, DirSink, HandleId, NodeId, OpenOptions, sys};
 
@@ -21,7 +21,7 @@ impl Passthrough {
         let fd = self.reopen(&inode, libc::O_RDONLY | libc::O_DIRECTORY)?;
         let cached = matches!(self.cfg.cache, CachePolicy::Metadata | CachePolicy::Always);
         let opts = OpenOptions { keep_cache: cached, cache_dir: cached, direct_io: false };
-        Ok((self.handles.insert(fd, inode, permit)?, opts))
+        Ok((self.handles.insert(fd, inode, OpenMode::of(libc::O_RDONLY), permit)?, opts))
     }
 }
 

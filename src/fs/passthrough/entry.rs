@@ -5,6 +5,7 @@ use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
+use super::handles::OpenMode;
 use super::inodes::{Inode, InodeKey};
 use super::{Passthrough, check_name, errno};
 use crate::fs::cred::{ScopedCreds, ScopedUmask};
@@ -123,7 +124,7 @@ impl Passthrough {
             None => self.insert_open_file(fd.as_fd())?,
         };
         let inode = self.inode(entry.nodeid)?;
-        let fd = match dax_permit {
+        let (fd, mode) = match dax_permit {
             Some(dax_permit) => {
                 // The name was looked up again: a host rename in between may have put another
                 // file there. Its shared file must be its own (one semaphore and lease per file).
@@ -143,12 +144,12 @@ impl Passthrough {
                 // file's), and never a size padded for the EOF page.
                 let (attr, mnt_id) = self.dax_stat(&inode)?;
                 entry.attr = self.decorate(attr, mnt_id, Some(&parent_inode));
-                shared.try_clone()?
+                self.dax_open(&inode, p.flags, &shared)?
             }
-            None => fd,
+            None => (fd, OpenMode::of(flags)),
         };
         let opts = self.file_open_options(&inode);
-        let fh = self.handles.insert(fd, inode, permit)?;
+        let fh = self.handles.insert(fd, inode, mode, permit)?;
         Ok((entry, fh, opts))
     }
 

@@ -18,14 +18,60 @@ pub struct Handle {
     pub inode: Arc<Inode>,
     /// Serializes lseek+getdents on directory handles.
     pub dir_lock: Mutex<()>,
+    /// What the guest opened it for, which the fd may exceed (a clone of a DAX inode's shared
+    /// file is read-write whatever the guest asked).
+    pub open: OpenMode,
     /// The fd's share of the guest's fd quota.
     _permit: FdPermit,
+}
+
+/// A guest open's access mode, and the per-write flags that carry out what its open asked and
+/// the fd lacks (a clone of a DAX inode's shared file: see `Passthrough::dax_open`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenMode {
+    pub read: bool,
+    pub write: bool,
+    /// RWF_APPEND, RWF_SYNC, RWF_DSYNC for every write through the handle.
+    pub rwf: libc::c_int,
+}
+
+impl OpenMode {
+    /// The guest's open flags, for a fd that has them all itself (nothing to carry out).
+    pub fn of(flags: i32) -> OpenMode {
+        let acc = flags & libc::O_ACCMODE;
+        OpenMode { read: acc != libc::O_WRONLY, write: acc != libc::O_RDONLY, rwf: 0 }
+    }
+
+    /// The guest's open flags, for a fd that has none of its own: O_APPEND and O_SYNC/O_DSYNC
+    /// become per-write flags.
+    pub fn emulated(flags: i32) -> OpenMode {
+        let mut rwf = 0;
+        if flags & libc::O_APPEND != 0 {
+            rwf |= libc::RWF_APPEND;
+        }
+        if flags & libc::O_SYNC == libc::O_SYNC {
+            rwf |= libc::RWF_SYNC;
+        } else if flags & libc::O_DSYNC != 0 {
+            rwf |= libc::RWF_DSYNC;
+        }
+        OpenMode { rwf, ..OpenMode::of(flags) }
+    }
 }
 
 impl Handle {
     /// The open fd.
     pub fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+
+    /// The handle, if the guest opened it for reading (EBADF otherwise, as a host fd says).
+    pub fn for_read(self: Arc<Self>) -> io::Result<Arc<Self>> {
+        if self.open.read { Ok(self) } else { Err(ebadf()) }
+    }
+
+    /// The handle, if the guest opened it for writing (EBADF otherwise).
+    pub fn for_write(self: Arc<Self>) -> io::Result<Arc<Self>> {
+        if self.open.write { Ok(self) } else { Err(ebadf()) }
     }
 }
 
@@ -45,10 +91,10 @@ impl HandleTable {
         HandleTable { map: RwLock::new(HashMap::new()), next: AtomicU64::new(1) }
     }
 
-    /// Registers an open fd, which holds `permit` for as long as it stays open; returns its id.
-    pub fn insert(&self, fd: OwnedFd, inode: Arc<Inode>, permit: FdPermit) -> io::Result<HandleId> {
+    /// Registers an open fd (opened for `open`), which holds `permit` for as long as it stays open; returns its id.
+    pub fn insert(&self, fd: OwnedFd, inode: Arc<Inode>, open: OpenMode, permit: FdPermit) -> io::Result<HandleId> {
         let id = HandleId(self.next.fetch_add(1, Ordering::Relaxed));
-        let h = Handle { fd, inode, dir_lock: Mutex::new(()), _permit: permit };
+        let h = Handle { fd, inode, dir_lock: Mutex::new(()), open, _permit: permit };
         self.map.write().map_err(|_| ebadf())?.insert(id, Arc::new(h));
         Ok(id)
     }

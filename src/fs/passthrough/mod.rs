@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use self::dax::DaxFiles;
-use self::handles::HandleTable;
+use self::handles::{HandleTable, OpenMode};
 use self::inodes::{Inode, InodeKey, InodeTable};
 use self::quota::FdQuota;
 use super::{
@@ -369,32 +369,34 @@ impl Filesystem for Passthrough {
         }
         let trunc = i32::from_ne_bytes(flags.to_ne_bytes()) & libc::O_TRUNC != 0;
         let permit = self.quota.acquire()?;
-        let fd = if self.is_dax_inode(&inode) {
-            // Guest handles share the DAX file: a new open would break our own lease.
+        let (fd, mode) = if self.is_dax_inode(&inode) {
             let shared = self.shared_file(&inode)?;
+            let (fd, mode) = self.dax_open(&inode, flags, &shared)?;
             if trunc {
-                self.dax_truncate(&inode, shared.as_fd(), 0)?;
+                let via = if sys::is_read_only(shared.as_fd())? { fd.as_fd() } else { shared.as_fd() };
+                self.dax_truncate(&inode, via, 0)?;
             }
-            shared.try_clone()?
+            (fd, mode)
         } else {
-            self.reopen(&inode, self.host_open_flags(flags))?
+            let host = self.host_open_flags(flags);
+            (self.reopen(&inode, host)?, OpenMode::of(host))
         };
         if kill && trunc {
             attr::kill_suidgid(fd.as_fd())?;
         }
         let opts = self.file_open_options(&inode);
-        Ok((self.handles.insert(fd, inode, permit)?, opts))
+        Ok((self.handles.insert(fd, inode, mode, permit)?, opts))
     }
 
     fn read(&self, _ctx: &Context, node: NodeId, w: &mut dyn ZeroCopyWriter, p: ReadParams) -> io::Result<usize> {
-        let h = self.handles.get(p.fh, node)?;
+        let h = self.handles.get(p.fh, node)?.for_read()?;
         self.dax_stable(&h.inode, || file::read_into(h.as_fd(), w, p.size, p.offset))
     }
 
     fn write(&self, _ctx: &Context, node: NodeId, r: &mut dyn ZeroCopyReader, p: WriteParams) -> io::Result<usize> {
         self.check_writable()?;
-        let h = self.handles.get(p.fh, node)?;
-        let n = self.dax_write(&h.inode, || file::write_from(h.as_fd(), r, p.size, p.offset))?;
+        let h = self.handles.get(p.fh, node)?.for_write()?;
+        let n = self.dax_write(&h.inode, || file::write_from(h.as_fd(), r, p.size, p.offset, h.open.rwf))?;
         if p.kill_suidgid {
             attr::kill_suidgid(h.as_fd())?;
         }
@@ -493,7 +495,7 @@ impl Filesystem for Passthrough {
         self.check_writable()?;
         // Bit for bit: unknown mode bits (bit 31 too) get the host's own answer, EOPNOTSUPP.
         let mode = i32::from_ne_bytes(mode.to_ne_bytes());
-        let h = self.handles.get(fh, node)?;
+        let h = self.handles.get(fh, node)?.for_write()?;
         if self.is_dax_inode(&h.inode) {
             return self.dax_fallocate(&h.inode, h.as_fd(), mode, range.0, range.1);
         }
@@ -508,8 +510,12 @@ impl Filesystem for Passthrough {
 
     fn copy_file_range(&self, _ctx: &Context, a: CopyRange) -> io::Result<usize> {
         self.check_writable()?;
-        let hin = self.handles.get(a.fh_in, a.node_in)?;
-        let hout = self.handles.get(a.fh_out, a.node_out)?;
+        let hin = self.handles.get(a.fh_in, a.node_in)?.for_read()?;
+        let hout = self.handles.get(a.fh_out, a.node_out)?.for_write()?;
+        if hout.open.rwf & libc::RWF_APPEND != 0 {
+            // As copy_file_range(2) into an O_APPEND fd.
+            return Err(errno(libc::EBADF));
+        }
         let len = usize::try_from(a.len).unwrap_or(usize::MAX);
         let flags = u32::try_from(a.flags).map_err(|_| errno(libc::EINVAL))?;
         self.dax_copy(&hin.inode, &hout.inode, || {
