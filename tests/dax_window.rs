@@ -597,6 +597,30 @@ fn fill(path: &std::path::Path) {
     assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
 }
 
+/// Review item 1 of issue 9: a read-only SETUPMAPPING of a sparse file (below EOF, no EOF
+/// page to pad) leaves the host file as it was: no blocks allocated, the same ctime. The guest's
+/// write request over the same range then allocates (I6). On a filesystem where a read fault of
+/// a hole needs space (tmpfs), read requests allocate too: see the full-filesystem test below.
+#[test]
+fn a_read_only_setupmapping_of_a_sparse_file_changes_nothing_on_the_host() {
+    use std::os::unix::fs::MetadataExt;
+    let (d, c) = dax_daemon();
+    std::fs::File::create(d.path("sparse")).unwrap().set_len(2 * MB2).unwrap();
+    let before = std::fs::metadata(d.path("sparse")).unwrap();
+    let n = c.lookup(1, "sparse").unwrap().nodeid;
+    let fh = c.open(n, libc::O_RDONLY).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    c.setupmapping(n, 0, MB2, R, 0).unwrap();
+    assert_eq!(c.vmm.window().read(PAGE, 4).unwrap(), [0; 4]);
+    let after = std::fs::metadata(d.path("sparse")).unwrap();
+    assert_eq!(after.blocks(), 0, "a read-only mapping allocated blocks");
+    assert_eq!((after.ctime(), after.ctime_nsec()), (before.ctime(), before.ctime_nsec()), "ctime changed");
+    // The guest's upgrade (a write request over the same range) allocates first (I6).
+    c.setupmapping(n, 0, MB2, RW, 0).unwrap();
+    assert!(std::fs::metadata(d.path("sparse")).unwrap().blocks() >= MB2 / 512, "I6: blocks allocated");
+    c.release(n, fh).unwrap();
+}
+
 /// Whether some process holds a lease on inode `ino` (/proc/locks: "1: LEASE ... MAJ:MIN:INO ...").
 fn has_lease(ino: u64) -> bool {
     std::fs::read_to_string("/proc/locks").unwrap().lines().any(|l| {

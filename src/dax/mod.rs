@@ -583,10 +583,13 @@ impl Inner {
         // I1: map writable from the start whenever the file allows, so the guest's read->write
         // upgrade (same offsets) needs no unmap+map.
         let writable = s.writable || sys::is_writable(file.as_fd()).unwrap_or(false);
-        if writable && start < eof {
-            // I6: a write fault into a hole would SIGBUS the VM on ENOSPC; fail here instead.
-            // No read-only fallback when a read-only request cannot be allocated: on tmpfs even
-            // a read fault of a hole needs a page, and SIGBUSes when the filesystem is full.
+        // I6: a write fault into a hole would SIGBUS the VM on ENOSPC; fail here instead. A
+        // read request leaves the file alone (no blocks, no ctime): the guest asks again, with
+        // the write flag, before it writes through the mapping, and that request allocates. But
+        // on tmpfs even a read fault of a hole needs a page, and SIGBUSes when the filesystem is
+        // full: there read requests allocate too (and fail with ENOSPC, no read-only fallback).
+        let must_allocate = s.writable || sys::holes_take_space_to_read(file.as_fd());
+        if writable && must_allocate && start < eof {
             allocate(file.as_fd(), start, s.range.len.min(eof - start))?;
         }
         let mut t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

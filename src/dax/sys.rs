@@ -73,6 +73,19 @@ fn fallocate(fd: BorrowedFd<'_>, mode: libc::c_int, offset: u64, len: u64) -> io
     check(unsafe { libc::fallocate(fd.as_raw_fd(), mode, offset, len) }).map(drop)
 }
 
+/// Whether a read fault of a hole of `file` needs space (shmem: tmpfs, hugetlbfs), so it can
+/// SIGBUS on a full filesystem. True when unknown.
+pub fn holes_take_space_to_read(file: BorrowedFd<'_>) -> bool {
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: `st` is a writable statfs buffer; the fd is borrowed for the call.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return true;
+    }
+    // SAFETY: fstatfs succeeded and filled the (zeroed) buffer.
+    let f_type = unsafe { st.assume_init() }.f_type;
+    matches!(f_type, libc::TMPFS_MAGIC | libc::HUGETLBFS_MAGIC)
+}
+
 /// fallocate(FALLOC_FL_KEEP_SIZE): allocates blocks without changing the size (I6).
 pub fn fallocate_keep_size(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
     fallocate(fd, libc::FALLOC_FL_KEEP_SIZE, offset, len)
