@@ -541,8 +541,12 @@ impl Inner {
         let mtime = sys::mtime(file).map_err(DaxError::Host)?;
         sys::ftruncate(file, end).map_err(DaxError::Host)?;
         let r = f(end);
-        if let Err(e) = sys::ftruncate(file, eof).and_then(|()| sys::set_mtime(file, mtime)) {
+        if let Err(e) = sys::ftruncate(file, eof) {
             error_limited!("cannot restore the size {eof} after mapping the EOF page: {e}");
+        } else if let Err(e) = sys::set_mtime(file, mtime) {
+            // Only the owner (or CAP_FOWNER) may set a time: a daemon that can write but does
+            // not own the file (rootless, --dax-unprotected) leaves the truncate's mtime.
+            warn_limited!("mapping the EOF page changed the file's mtime (cannot set it back: {e})");
         }
         r
     }
