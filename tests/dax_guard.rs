@@ -266,4 +266,472 @@ fn host_ofd_lock(f: &std::fs::File, typ: i32, start: i64, len: i64) -> Result<()
     // SAFETY: F_OFD_SETLK reads the flock struct passed; the fd is open for the call.
     let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &raw const fl) };
     if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)) }
+// ---- review (branch `review`): attacks on the guard ------------------------------------------
+
+/// The calling thread in SCHED_IDLE: it spins without starving the daemon (a spinning thread
+/// still reads "running" in /proc/TID/syscall).
+fn idle_priority() {
+    let p = libc::sched_param { sched_priority: 0 };
+    // SAFETY: plain syscall on the calling thread.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &raw const p) };
+}
+
+/// A process other than this one that maps all of `path` (a host reader with an mmap).
+fn mapper_process(path: &std::path::Path) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import mmap,sys,time\nf=open(sys.argv[1],'r+b')\nm=mmap.mmap(f.fileno(),0)\nprint('mapped',flush=True)\ntime.sleep(120)",
+        ])
+        .arg(path)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "mapped");
+    child
+}
+
+/// Runs `f` on a thread; its result if it finishes within `t`.
+fn within<T: Send + 'static>(t: Duration, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(t).ok()
+}
+
+#[test]
+fn review_a_burst_of_finished_host_truncates_wedges_the_supervisor() {
+    // The watcher bounds the Shrink messages in flight (64) but not the Done messages: each
+    // allowed shrink whose thread leaves its syscall is one blocking 40-byte write to the
+    // daemon's guard thread. While that thread is inside host_shrink (here: waiting up to 2 s
+    // for another process to drop its mapping), nobody reads the channel; ~278 messages fill
+    // it, the supervisor blocks in write(2), and the guard thread's next maps query (or the
+    // daemon's own ftruncate of a marked file) is never answered: a permanent deadlock.
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+    let (d, _c, _) = mapped();
+    let path = d.path("f");
+    let mut other = mapper_process(&path);
+    let (release, stop, ready) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+    const N: usize = 400;
+    let spinners: Vec<_> = (0..N)
+        .map(|_| {
+            let (p, rel, st, rd) = (path.clone(), release.clone(), stop.clone(), ready.clone());
+            std::thread::spawn(move || {
+                idle_priority();
+                let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+                // Within the last page: forwarded, allowed at once (nothing to cut).
+                f.set_len(MB2 - 100).unwrap();
+                rd.fetch_add(1, Relaxed);
+                // Still "running" to the watcher: the shrink stays allowed-not-over.
+                while !rel.load(Relaxed) {
+                    std::hint::spin_loop();
+                }
+                while !st.load(Relaxed) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ready.load(Relaxed) < N {
+        assert!(Instant::now() < deadline, "spinners not all allowed: {}\n{}", ready.load(Relaxed), d.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // A shrink that crosses the mapping: the guard thread cuts, then waits for `other`.
+    let p = path.clone();
+    let (ttx, trx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = std::fs::OpenOptions::new().write(true).open(&p).and_then(|f| f.set_len(MB2 / 2));
+        let _ = ttx.send(r.map_err(|e| e.to_string()));
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // Every spinner leaves its syscall at once: ~N Done messages.
+    release.store(true, Relaxed);
+    // Far past the guard's 2 s bound: a live daemon has answered by now (allowed or denied).
+    let truncate = trx.recv_timeout(Duration::from_secs(10));
+    let sup = d.pid();
+    let sup_syscall = std::fs::read_to_string(format!("/proc/{sup}/syscall")).unwrap_or_default();
+    let sup_wchan = std::fs::read_to_string(format!("/proc/{sup}/wchan")).unwrap_or_default();
+    // Any host open of the mapped file now waits for an answer that never comes.
+    let p = path.clone();
+    let reader = within(Duration::from_secs(5), move || std::fs::File::open(&p).is_ok());
+    stop.store(true, Relaxed);
+    let _ = other.kill();
+    let _ = other.wait();
+    let log = d.log();
+    drop(d); // SIGKILL: the group closes and lets every waiting thread go
+    spinners.into_iter().for_each(|t| t.join().unwrap());
+    assert!(
+        truncate.is_ok() && reader.is_some(),
+        "wedged: truncate {truncate:?}, host reader {reader:?}, supervisor in syscall {sup_syscall:?} wchan {sup_wchan:?}\n{}",
+        log.lines().rev().take(30).collect::<Vec<_>>().join("\n")
+    );
+}
+
+/// Pins thread/process `tid` (0: the calling thread) to CPU `cpu`.
+fn pin(tid: i32, cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(tid, size_of::<libc::cpu_set_t>(), &raw const set);
+    }
+}
+
+#[test]
+fn review_a_preempted_host_reader_is_taken_for_a_shrink_to_zero() {
+    // A pre-content event is queued while the reader's thread is still runnable; the watcher
+    // then reads "running" in /proc/TID/syscall. blocked_syscall_of gives up after 100 x 100 us
+    // and classify() takes "running" for "cannot tell": a shrink to 0, every piece cut. A
+    // reader that does not get the CPU back within 10 ms (a nice/idle-class backup on a busy
+    // host) is enough. Here: a SCHED_IDLE reader sharing CPU 0 with a busy thread (and
+    // twenty other readers of the file, whose answers wake it while it waits).
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    let (d, c, _) = mapped();
+    let stop = Arc::new(AtomicBool::new(false));
+    // Other host readers (a parallel grep): each answer wakes every waiter of the group.
+    let crowd: Vec<_> = (0..20)
+        .map(|_| {
+            let (p, st) = (d.path("f"), stop.clone());
+            std::thread::spawn(move || {
+                let f = std::fs::File::open(&p).unwrap();
+                let mut b = [0u8; 16];
+                while !st.load(Relaxed) {
+                    f.read_at(&mut b, 4096).unwrap();
+                }
+            })
+        })
+        .collect();
+    let hog = {
+        let st = stop.clone();
+        std::thread::spawn(move || {
+            pin(0, 0);
+            while !st.load(Relaxed) {
+                std::hint::spin_loop();
+            }
+        })
+    };
+    let p = d.path("f");
+    let reader = std::thread::spawn(move || {
+        pin(0, 0);
+        idle_priority();
+        let f = std::fs::File::open(&p).unwrap();
+        let mut b = [0u8; 16];
+        let t0 = Instant::now();
+        let mut n = 0;
+        while t0.elapsed() < Duration::from_secs(20) {
+            f.read_at(&mut b, 0).unwrap();
+            n += 1;
+        }
+        n
+    });
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let mut cut = false;
+    while Instant::now() < deadline && !reader.is_finished() {
+        if d.log().contains("to 0: pieces past 0") {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Relaxed);
+    let n = reader.join().unwrap();
+    hog.join().unwrap();
+    crowd.into_iter().for_each(|t| t.join().unwrap());
+    let log = d.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("to 0")).take(5).collect();
+    drop(c);
+    assert!(!cut, "{n} reads: a host reader cut the guest's mapping:\n{}", lines.join("\n"));
+}
+
+#[test]
+fn review_openat2_flags_rewritten_by_another_thread_leave_pages_past_eof() {
+    // The watcher reads openat2's flags from the caller's memory after the kernel copied them
+    // (syscall entry). Another thread of the caller rewrites them meanwhile: the kernel
+    // truncates (O_TRUNC in its copy), the watcher sees no O_TRUNC and allows at once, and the
+    // pieces past the new EOF stay installed: the guest's next touch of them is a SIGBUS in QEMU.
+    use std::os::unix::ffi::OsStrExt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    #[repr(C)]
+    struct OpenHow {
+        flags: AtomicU64,
+        mode: u64,
+        resolve: u64,
+    }
+    let (d, c, node) = mapped();
+    let path = d.path("f");
+    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let how = Arc::new(OpenHow { flags: AtomicU64::new(0), mode: 0, resolve: 0 });
+    let stop = Arc::new(AtomicBool::new(false));
+    let trunc = (libc::O_WRONLY | libc::O_TRUNC) as u64;
+    let flipper = {
+        let (h, st) = (how.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n: u64 = 0;
+            while !st.load(Relaxed) {
+                n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                h.flags.store(if n >> 63 == 0 { trunc } else { libc::O_WRONLY as u64 }, Relaxed);
+                for _ in 0..(n >> 50) % 4000 {
+                    std::hint::spin_loop();
+                }
+            }
+        })
+    };
+    let mut found = None;
+    let mut guarded = 0;
+    for attempt in 0..300 {
+        // Back to 2 MiB of data, mapped.
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(MB2).unwrap();
+        c.setupmapping(node, 0, MB2, RW, 0).unwrap();
+        // SAFETY: a valid path and open_how of the size passed; the fd is closed at once.
+        let fd = unsafe {
+            libc::syscall(libc::SYS_openat2, libc::AT_FDCWD, cpath.as_ptr(), Arc::as_ptr(&how), size_of::<OpenHow>())
+        };
+        assert!(fd >= 0, "openat2: {}", std::io::Error::last_os_error());
+        // SAFETY: just opened.
+        unsafe { libc::close(fd as i32) };
+        let size = std::fs::metadata(&path).unwrap().len();
+        if size == 0 {
+            let bad = past_eof(&c, 0);
+            if bad.is_empty() {
+                guarded += 1;
+            } else {
+                found = Some((attempt, bad));
+                break;
+            }
+        }
+    }
+    stop.store(true, Relaxed);
+    flipper.join().unwrap();
+    // Do not touch the window: a page past EOF would SIGBUS this process.
+    let (attempt, bad) = found.map_or((None, Vec::new()), |(a, b)| (Some(a), b));
+    assert!(
+        attempt.is_none(),
+        "attempt {attempt:?} ({guarded} O_TRUNC opens guarded before it): the file is 0 bytes long and pieces {bad:?} are still installed"
+    );
+}
+
+/// The 32-bit (ia32) openat(2), as any i386 program's fopen(path, "w") makes it (glibc's
+/// open() is openat); a 64-bit process may issue it with `int 0x80`. The kernel runs the
+/// ia32 table, and /proc/TID/syscall shows the ia32 number: 295.
+#[cfg(target_arch = "x86_64")]
+fn ia32_openat(path: &std::path::Path, flags: u32) -> i32 {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: a fresh anonymous page below 4 GiB (ia32 pointers are 32 bits), unmapped below.
+    let page = unsafe {
+        libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT, -1, 0)
+    };
+    assert_ne!(page, libc::MAP_FAILED);
+    // SAFETY: the page is ours and larger than the path plus its NUL.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), page.cast::<u8>(), bytes.len());
+        *page.cast::<u8>().add(bytes.len()) = 0;
+    }
+    let ptr = u32::try_from(page as usize).unwrap();
+    let dirfd = libc::AT_FDCWD as u32;
+    let mut ret: u32 = 295; // __NR_openat in arch/x86/entry/syscalls/syscall_32.tbl
+    // SAFETY: int 0x80 with the ia32 openat arguments in ebx/ecx/edx/esi; rbx is restored.
+    unsafe {
+        std::arch::asm!(
+            "xchg {d:e}, ebx",
+            "int 0x80",
+            "xchg {d:e}, ebx",
+            d = inout(reg) dirfd => _,
+            inout("eax") ret,
+            in("ecx") ptr,
+            in("edx") flags,
+            in("esi") 0o644u32,
+        );
+        libc::munmap(page, 4096);
+    }
+    ret as i32
+}
+
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn review_a_32_bit_o_trunc_open_is_taken_for_a_read() {
+    // ia32 openat is 295, which is x86_64's preadv: classify() finds it in nr::DATA and allows
+    // the open at once. The O_TRUNC then empties the file under the guest's installed pieces.
+    let (d, c, _) = mapped();
+    let fd = ia32_openat(&d.path("f"), (libc::O_WRONLY | libc::O_TRUNC) as u32);
+    assert!(fd >= 0, "ia32 openat: {fd}");
+    // SAFETY: just opened.
+    unsafe { libc::close(fd) };
+    let size = std::fs::metadata(d.path("f")).unwrap().len();
+    assert_eq!(size, 0);
+    // Do not touch the window: a page past EOF would SIGBUS this process.
+    let bad = past_eof(&c, 0);
+    assert!(bad.is_empty(), "a 0-byte file with pieces {bad:?} still installed\n{}", d.log());
+}
+
+#[test]
+fn review_a_truncater_that_keeps_running_holds_the_window_back_forever() {
+    // on_tick() takes "running" for "still in the syscall", so a thread that computes after its
+    // ftruncate returned keeps its shrink allowed-not-over: the daemon's limit stays at the
+    // truncated size, nothing of the file past it is installed again (not the host's regrowth,
+    // not a new SETUPMAPPING), and the guest's writes there are dropped, for as long as that
+    // thread stays runnable.
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    let (d, c, node) = mapped();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spinner = {
+        let (p, st) = (d.path("f"), stop.clone());
+        std::thread::spawn(move || {
+            idle_priority();
+            std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(PAGE).unwrap();
+            tx.send(()).unwrap();
+            while !st.load(Relaxed) {
+                std::hint::spin_loop();
+            }
+        })
+    };
+    rx.recv().unwrap();
+    // The host grows the file back (another process: a log rotation's next writer).
+    std::fs::OpenOptions::new().write(true).open(d.path("f")).unwrap().set_len(MB2).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    // The guest maps it again, as it would after its own GETATTR.
+    let setup = c.setupmapping(node, 0, MB2, RW, 0);
+    let end = c.vmm.window().pieces().iter().map(|p| p.shm_offset + p.len).max().unwrap_or(0);
+    let kept = window_keeps(&c, MB2 - PAGE, b"lost");
+    stop.store(true, Relaxed);
+    spinner.join().unwrap();
+    assert!(
+        end == MB2 && kept,
+        "3 s after the host truncate returned and the file grew back: setup {setup:?}, pieces end at {end} of {MB2}, guest write kept: {kept}"
+    );
+}
+
+/// read(2) through the ia32 table (number 3) with `int 0x80`; what a 32-bit `cat` does.
+#[cfg(target_arch = "x86_64")]
+fn ia32_read(fd: i32, len: u32) -> i32 {
+    // SAFETY: a fresh anonymous page below 4 GiB, unmapped below.
+    let page = unsafe {
+        libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT, -1, 0)
+    };
+    assert_ne!(page, libc::MAP_FAILED);
+    let ptr = u32::try_from(page as usize).unwrap();
+    let mut ret: u32 = 3; // __NR_read, syscall_32.tbl
+    // SAFETY: int 0x80 read into our page (len <= 4096); rbx is restored.
+    unsafe {
+        std::arch::asm!(
+            "xchg {d:e}, ebx",
+            "int 0x80",
+            "xchg {d:e}, ebx",
+            d = inout(reg) fd as u32 => _,
+            inout("eax") ret,
+            in("ecx") ptr,
+            in("edx") len.min(4096),
+        );
+        libc::munmap(page, 4096);
+    }
+    ret as i32
+}
+
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn review_a_32_bit_reader_that_keeps_running_makes_the_guest_lose_writes() {
+    // ia32 read is 3 (x86_64 close): not in nr::DATA, so classify() says "cannot tell", a
+    // shrink to 0: every piece of the file is cut. A reader with read permission only, which
+    // then stays runnable, holds the window cut (see the test above): guest writes dropped.
+    use std::os::fd::AsRawFd;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    let (d, c, _) = mapped();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = {
+        let (p, st) = (d.path("f"), stop.clone());
+        std::thread::spawn(move || {
+            idle_priority();
+            let f = std::fs::File::open(&p).unwrap(); // read-only
+            let n = ia32_read(f.as_raw_fd(), 16);
+            tx.send(n).unwrap();
+            while !st.load(Relaxed) {
+                std::hint::spin_loop();
+            }
+        })
+    };
+    let n = rx.recv().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let pieces = c.vmm.window().pieces().len();
+    let kept = window_keeps(&c, PAGE, b"gone");
+    stop.store(true, Relaxed);
+    reader.join().unwrap();
+    assert!(
+        pieces == 1 && kept,
+        "ia32 read returned {n}; 2 s later: {pieces} pieces installed, guest write kept: {kept}\n{}",
+        d.log().lines().filter(|l| l.contains("shrink")).collect::<Vec<_>>().join("\n")
+    );
+}
+
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn review_a_read_only_host_user_wedges_the_supervisor() {
+    // The Done-message deadlock above, by a user who can only read the guest's files: ia32
+    // reads are shrinks to 0 to the watcher, so they become allowed-not-over shrinks too.
+    use std::os::fd::AsRawFd;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+    let (d, c, _) = mapped();
+    // A second mapped file, which another process maps too.
+    let (g, gfh) = c.create(1, "g", libc::O_RDWR | libc::O_CREAT, 0o644).unwrap();
+    for off in (0..MB2).step_by(1 << 17) {
+        c.write(g.nodeid, gfh, off, &[b'g'; 1 << 17]).unwrap();
+    }
+    c.setupmapping(g.nodeid, 0, MB2, RW, MB2).unwrap();
+    let mut other = mapper_process(&d.path("g"));
+    let (release, stop, ready) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+    const N: usize = 400;
+    let spinners: Vec<_> = (0..N)
+        .map(|_| {
+            let (p, rel, st, rd) = (d.path("f"), release.clone(), stop.clone(), ready.clone());
+            std::thread::spawn(move || {
+                idle_priority();
+                let f = std::fs::File::open(&p).unwrap();
+                let _ = ia32_read(f.as_raw_fd(), 16);
+                rd.fetch_add(1, Relaxed);
+                while !rel.load(Relaxed) {
+                    std::hint::spin_loop();
+                }
+                while !st.load(Relaxed) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ready.load(Relaxed) < N {
+        assert!(Instant::now() < deadline, "spinners not all answered: {}\n{}", ready.load(Relaxed), d.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // One more read, of g: the guard thread cuts g and waits (up to 2 s) for `other`.
+    let p = d.path("g");
+    let (ttx, trx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&p).unwrap();
+        let _ = ttx.send(ia32_read(f.as_raw_fd(), 16));
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    release.store(true, Relaxed);
+    let read = trx.recv_timeout(Duration::from_secs(10));
+    let sup = d.pid();
+    let sup_wchan = std::fs::read_to_string(format!("/proc/{sup}/wchan")).unwrap_or_default();
+    let p = d.path("f");
+    let reader = within(Duration::from_secs(5), move || std::fs::File::open(&p).is_ok());
+    stop.store(true, Relaxed);
+    let _ = other.kill();
+    let _ = other.wait();
+    drop(d);
+    spinners.into_iter().for_each(|t| t.join().unwrap());
+    assert!(read.is_ok() && reader.is_some(), "wedged: read {read:?}, host open {reader:?}, supervisor wchan {sup_wchan:?}");
 }
