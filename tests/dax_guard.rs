@@ -735,3 +735,110 @@ fn review_a_read_only_host_user_wedges_the_supervisor() {
     spinners.into_iter().for_each(|t| t.join().unwrap());
     assert!(read.is_ok() && reader.is_some(), "wedged: read {read:?}, host open {reader:?}, supervisor wchan {sup_wchan:?}");
 }
+
+#[test]
+fn review_a_shrink_seen_running_at_its_answer_is_over_too_early() {
+    // on_ready() records the thread's syscall line just before the answer; a thread woken by
+    // another event's answer (one wait queue for the whole group) and not yet back on a CPU
+    // reads "running" for all 100 tries. Once allowed, the truncate waits for the inode lock
+    // (a writer holds it): its line is now "77 ...", which is not "running" and not the line
+    // recorded, so on_tick() calls the shrink over while it has not happened yet. The daemon
+    // re-installs to the old EOF; then the truncate runs under the installed pieces.
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    let (d, c, node) = mapped();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut helpers = Vec::new();
+    for _ in 0..20 {
+        let (p, st) = (d.path("f"), stop.clone());
+        helpers.push(std::thread::spawn(move || {
+            let f = std::fs::File::open(&p).unwrap();
+            let mut b = [0u8; 16];
+            while !st.load(Relaxed) {
+                let _ = f.read_at(&mut b, 4096);
+            }
+        }));
+    }
+    {
+        let st = stop.clone();
+        helpers.push(std::thread::spawn(move || {
+            pin(0, 0);
+            while !st.load(Relaxed) {
+                std::hint::spin_loop();
+            }
+        }));
+    }
+    {
+        // Holds the inode lock often: 64 KiB writes at 0 (they never shrink the file).
+        let (p, st) = (d.path("f"), stop.clone());
+        helpers.push(std::thread::spawn(move || {
+            let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+            let b = vec![b'w'; 64 << 10];
+            while !st.load(Relaxed) {
+                let _ = f.write_all_at(&b, 0);
+            }
+        }));
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (gtx, grx) = std::sync::mpsc::channel::<()>();
+    let truncater = {
+        let p = d.path("f");
+        std::thread::spawn(move || {
+            pin(0, 0);
+            idle_priority();
+            let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+            while grx.recv().is_ok() {
+                let _ = f.set_len(PAGE);
+                let _ = tx.send(());
+            }
+        })
+    };
+    let mut found = None;
+    let t0 = Instant::now();
+    let mut attempts = 0;
+    while t0.elapsed() < Duration::from_secs(40) && found.is_none() {
+        attempts += 1;
+        std::fs::OpenOptions::new().write(true).open(d.path("f")).unwrap().set_len(MB2).unwrap();
+        let _ = c.setupmapping(node, 0, MB2, RW, 0);
+        gtx.send(()).unwrap();
+        rx.recv().unwrap();
+        for _ in 0..10 {
+            std::thread::sleep(Duration::from_millis(5));
+            let size = std::fs::metadata(d.path("f")).unwrap().len();
+            let bad = past_eof(&c, size);
+            if !bad.is_empty() {
+                found = Some((attempts, size, bad));
+                break;
+            }
+        }
+    }
+    drop(gtx);
+    stop.store(true, Relaxed);
+    truncater.join().unwrap();
+    helpers.into_iter().for_each(|t| t.join().unwrap());
+    assert!(found.is_none(), "after {attempts} truncates: (attempt, EOF, pieces past it) {found:?}");
+}
+
+#[test]
+fn review_a_reader_named_iou_is_taken_for_a_shrink_to_zero() {
+    // classify() treats every thread whose comm starts with "iou-" as an io_uring worker
+    // ("cannot tell"), and any process may name its threads so: a plain pread by a read-only
+    // host user then cuts every piece of the file (guest writes dropped until re-install).
+    let (d, c, _) = mapped();
+    let p = d.path("f");
+    std::thread::spawn(move || {
+        // SAFETY: PR_SET_NAME with a NUL-terminated name of at most 16 bytes.
+        unsafe { libc::prctl(libc::PR_SET_NAME, c"iou-cat".as_ptr()) };
+        let mut b = [0u8; 16];
+        std::fs::File::open(&p).unwrap().read_at(&mut b, 0).unwrap();
+    })
+    .join()
+    .unwrap();
+    let log = d.log();
+    assert!(
+        !log.contains("to 0: pieces past 0"),
+        "one read cut the mapping ({} pieces now):\n{}",
+        c.vmm.window().pieces().len(),
+        log.lines().filter(|l| l.contains("shrink")).collect::<Vec<_>>().join("\n")
+    );
+}
