@@ -266,6 +266,8 @@ fn host_ofd_lock(f: &std::fs::File, typ: i32, start: i64, len: i64) -> Result<()
     // SAFETY: F_OFD_SETLK reads the flock struct passed; the fd is open for the call.
     let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &raw const fl) };
     if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)) }
+}
+
 // ---- review (branch `review`): attacks on the guard ------------------------------------------
 
 /// The calling thread in SCHED_IDLE: it spins without starving the daemon (a spinning thread
