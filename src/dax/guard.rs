@@ -7,6 +7,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, Weak};
 
 use log::{debug, info, warn};
@@ -46,10 +47,17 @@ impl HostGuard {
         HostGuard { group, state: Mutex::default(), stop: Arc::default() }
     }
 
-    /// Starts the thread that reads the watcher's shrinks from `sock`.
+    /// Starts the threads that read the watcher's messages from `sock` and prepare the window
+    /// for its shrinks. The channel is read at all times, also while a shrink is prepared
+    /// (which can wait seconds for the frontend and needs the supervisor meanwhile): the
+    /// watcher never blocks writing to it.
     pub(super) fn start(&self, inner: Weak<Inner>, sock: UnixStream) -> io::Result<()> {
+        let reader = sock.try_clone()?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop, weak) = (Arc::clone(&self.stop), inner.clone());
+        std::thread::Builder::new().name("daxfsd-guard-rx".into()).spawn(move || read(&weak, reader, &tx, &stop))?;
         let stop = Arc::clone(&self.stop);
-        std::thread::Builder::new().name("daxfsd-guard".into()).spawn(move || run(&inner, sock, &stop))?;
+        std::thread::Builder::new().name("daxfsd-guard".into()).spawn(move || run(&inner, sock, &rx, &stop))?;
         Ok(())
     }
 
@@ -72,6 +80,15 @@ impl HostGuard {
         }
         st.marked.entry(key).or_default().push((inode, Arc::clone(file)));
         st.by_inode.insert(inode, key);
+        drop(st);
+        if entries == 0 {
+            // A host truncate that passed its permission check before the mark may still wait
+            // for the inode lock (behind a write, say): it would run after the caller read the
+            // size to map to. SEEK_DATA takes the inode lock shared, so it waits for it.
+            if let Err(e) = sys::seek_data(file.as_fd()) {
+                debug!("inode {}: SEEK_DATA after the mark: {e}", inode.0);
+            }
+        }
         Ok(())
     }
 
@@ -158,26 +175,16 @@ impl HostGuard {
     }
 }
 
-fn run(inner: &Weak<Inner>, mut sock: UnixStream, stop: &AtomicBool) {
+/// Reads the watcher's messages: a Done lifts its shrink's limit at once, a Shrink goes to
+/// `run`. Nothing here waits for anything but the socket (and the guard's state lock).
+fn read(inner: &Weak<Inner>, mut sock: UnixStream, shrinks: &Sender<guard::Shrink>, stop: &AtomicBool) {
     while !stop.load(Ordering::Acquire) {
         let next = guard::next(&mut sock);
         let Some(inner) = inner.upgrade() else { return };
         let Some(g) = inner.host_guard.get() else { return };
         match next {
             Ok(guard::Msg::Shrink(s)) => {
-                let file = (s.dev, s.ino);
-                g.begin(s.key, file, s.new_size);
-                let inodes = g.lookup(file);
-                if inodes.is_empty() {
-                    debug!("host shrink of an unmapped file (ino {})", s.ino);
-                }
-                let except: Vec<u32> = (s.tgid != 0).then_some(s.tgid).into_iter().collect();
-                // Every inode, even after one failed: each cut is still worth making.
-                let results: Vec<bool> =
-                    inodes.iter().map(|(inode, f)| inner.host_shrink(*inode, f, s.new_size, &except)).collect();
-                let ok = results.into_iter().all(|ok| ok);
-                if let Err(e) = guard::ready(&mut sock, s.key, ok) {
-                    warn!("cannot tell the supervisor the window is ready: {e}");
+                if shrinks.send(s).is_err() {
                     return;
                 }
             }
@@ -187,6 +194,40 @@ fn run(inner: &Weak<Inner>, mut sock: UnixStream, stop: &AtomicBool) {
                 info!("the host guard's channel closed: {e}");
                 return;
             }
+        }
+    }
+}
+
+/// Prepares the window for each shrink `read` passes on and says so; re-installs cut files
+/// that have grown back.
+fn run(inner: &Weak<Inner>, mut sock: UnixStream, shrinks: &Receiver<guard::Shrink>, stop: &AtomicBool) {
+    while !stop.load(Ordering::Acquire) {
+        let next = shrinks.recv_timeout(guard::TICK);
+        let Some(inner) = inner.upgrade() else { return };
+        let Some(g) = inner.host_guard.get() else { return };
+        match next {
+            Ok(s) => {
+                let file = (s.dev, s.ino);
+                g.begin(s.key, file, s.new_size);
+                let inodes = g.lookup(file);
+                if inodes.is_empty() {
+                    debug!("host shrink of an unmapped file (ino {})", s.ino);
+                }
+                // The truncater's own mappings are its business, unless it is the frontend
+                // (QEMU resizing an image in the share): the frontend's pages must be gone.
+                let except: Vec<u32> =
+                    (s.tgid != 0 && !inner.known_mappers().contains(&s.tgid)).then_some(s.tgid).into_iter().collect();
+                // Every inode, even after one failed: each cut is still worth making.
+                let results: Vec<bool> =
+                    inodes.iter().map(|(inode, f)| inner.host_shrink(*inode, f, s.new_size, &except)).collect();
+                let ok = results.into_iter().all(|ok| ok);
+                if let Err(e) = guard::ready(&mut sock, s.key, ok) {
+                    warn!("cannot tell the supervisor the window is ready: {e}");
+                    return;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
         }
         for (inode, file) in g.cut_inodes() {
             inner.host_regrow(inode, &file);

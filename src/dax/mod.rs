@@ -85,6 +85,11 @@ pub enum DaxError {
     /// one more piece would make QEMU abort.
     #[error("no memory slot left in the frontend for another piece")]
     NoSlots,
+    /// A host shrink of the file is allowed and not seen over yet: the range past its new
+    /// size cannot be installed (it might pass EOF any moment), and installing less would
+    /// drop the guest's accesses there silently.
+    #[error("a host truncate of the file is under way")]
+    HeldBack,
     /// A host operation failed.
     #[error("host: {0}")]
     Host(io::Error),
@@ -100,7 +105,8 @@ impl DaxError {
             | DaxError::Frontend(_)
             | DaxError::Unprotected(_)
             | DaxError::NoReplyAck
-            | DaxError::Unwatched => libc::EIO,
+            | DaxError::Unwatched
+            | DaxError::HeldBack => libc::EIO,
             DaxError::NoSlots => libc::ENOSPC,
             DaxError::Host(e) => match e.raw_os_error() {
                 Some(libc::EAGAIN | libc::ENOMEM) | None => libc::EIO,
@@ -200,6 +206,9 @@ pub type MappedElsewhere = Arc<dyn Fn(u64, u64, u64, Option<&[u32]>) -> Vec<u32>
 pub fn processes_mapping(dev: u64, ino: u64, from: u64, among: Option<&[u32]>, exclude: &[u32]) -> Vec<u32> {
     sys::processes_mapping(dev, ino, from, among, exclude)
 }
+
+/// How long a SETUPMAPPING waits for a host truncate that holds its range back.
+const HELD_BACK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// `Inner::acks`: not checked yet on this connection, checked, or found missing.
 const ACKS_UNKNOWN: u8 = 0;
@@ -558,7 +567,24 @@ impl Inner {
 
     fn setup(&self, inode: InodeId, file: &Arc<OwnedFd>, s: Setup) -> Result<(), DaxError> {
         let mut run = SetupRun { epoch: self.epoch.load(Ordering::Acquire), displaced: Vec::new() };
-        let r = self.setup_locked(inode, file, s, &mut run);
+        // A host truncate under way holds the range back: wait for it to be over (it usually
+        // is within milliseconds), then answer EIO rather than map less than asked.
+        let deadline = std::time::Instant::now() + HELD_BACK_WAIT;
+        let r = loop {
+            match self.setup_locked(inode, file, s, &mut run) {
+                Err(DaxError::HeldBack) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(DaxError::HeldBack) => {
+                    warn_limited!(
+                        "SETUPMAPPING of inode {}: a host truncate has held it back for {HELD_BACK_WAIT:?}: EIO",
+                        inode.0
+                    );
+                    break Err(DaxError::HeldBack);
+                }
+                r => break r,
+            }
+        };
         let mut displaced = run.displaced;
         if r.is_err() {
             // A lease taken for a mapping that did not happen would only break for nothing.
@@ -616,8 +642,11 @@ impl Inner {
         }
         // Install up to the page holding EOF (valid); never a page wholly past EOF.
         let pieces = self.padded(file.as_fd(), |valid_end| {
-            let valid_end = self.clamp(inode, valid_end);
-            let installed = valid_end.saturating_sub(start).min(s.range.len);
+            let clamped = self.clamp(inode, valid_end);
+            let installed = clamped.saturating_sub(start).min(s.range.len);
+            if installed < valid_end.saturating_sub(start).min(s.range.len) {
+                return Err(DaxError::HeldBack);
+            }
             if installed == 0 {
                 return Ok(Vec::new());
             }

@@ -12,7 +12,6 @@ pub mod fan;
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -60,9 +59,19 @@ const MSG_LEN: usize = 40;
 /// before the seccomp filter (setsockopt is not on the daemon's list).
 pub const TICK: Duration = Duration::from_millis(10);
 
-/// How long (tries, pause) the watcher waits for an event's thread to sleep.
-const BLOCK_TRIES: u32 = 100;
+/// How long (tries, pause) the watcher waits for an event's thread to sleep before it puts
+/// the event off (the thread stays blocked; it is looked at again every `DONE_POLL`).
+const BLOCK_TRIES: u32 = 10;
 const BLOCK_PAUSE: Duration = Duration::from_micros(100);
+
+/// How long after its answer a shrink whose file has reached the new size ends although its
+/// thread still reads "running" (it computes on, or finishes the truncate, whose size change
+/// is done: what is installed from then on stops at the new EOF).
+const RUNNING_HOLD: Duration = Duration::from_secs(1);
+
+/// How long an event may be put off because its thread reads "running" (woken by another
+/// answer, or preempted before it slept) before it counts as "cannot tell".
+const DEFER_MAX: Duration = Duration::from_secs(2);
 
 /// How often the watcher looks whether an allowed shrink has finished.
 const DONE_POLL: Duration = Duration::from_millis(1);
@@ -134,21 +143,26 @@ enum Stage {
 }
 
 /// A forwarded event: its file (kept open so no new event reuses the key before the daemon
-/// heard it is over), the thread (None: unseen), and once allowed, the syscall line it was
-/// blocked in.
+/// heard it is over), the thread (None: unseen), and the syscall line it is blocked in.
 struct Pending {
-    _file: OwnedFd,
+    file: OwnedFd,
     tid: Option<i32>,
     shrink: Shrink,
     stage: Stage,
     line: Option<String>,
+    /// The file's size when the shrink was allowed, and whether it has been seen at the new
+    /// size since (the truncate has happened).
+    size_at_answer: Option<u64>,
+    reached: bool,
 }
 
 /// What to do with one event.
 enum Decision {
     Allow,
     Deny,
-    Shrink(Shrink, Option<i32>),
+    Shrink(Shrink, Option<(i32, String)>),
+    /// Its thread reads "running": look again later.
+    Defer,
 }
 
 /// The supervisor's side: reads events, answers or forwards them.
@@ -159,6 +173,8 @@ pub struct Watcher {
     daemon: Vec<u32>,
     pending: HashMap<i32, Pending>,
     backlog: VecDeque<i32>,
+    /// Events put off (their threads stay blocked), with when they came.
+    deferred: Vec<(fan::Event, Instant)>,
     pub stats: Stats,
 }
 
@@ -175,12 +191,12 @@ fn gone(tid: i32) -> bool {
     !std::path::Path::new(&format!("/proc/{tid}")).exists()
 }
 
-/// A u64 of a waiting thread's memory (the watcher keeps CAP_SYS_PTRACE).
-fn peek(tid: i32, at: u64) -> Option<u64> {
-    let mem = std::fs::File::open(format!("/proc/{tid}/mem")).ok()?;
-    let mut b = [0u8; 8];
-    mem.read_exact_at(&mut b, at).ok()?;
-    Some(u64::from_ne_bytes(b))
+/// A thread's task flags (PF_*), from /proc/TID/stat.
+fn task_flags(tid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{tid}/stat")).ok()?;
+    // pid (comm) state ppid pgrp session tty_nr tpgid flags ...: the command name may hold
+    // spaces and parentheses, so count after the last ')'.
+    s.get(s.rfind(')')? + 1..)?.split_ascii_whitespace().nth(6)?.parse().ok()
 }
 
 /// The syscall line of a thread that waits for our answer. The event is queued before the
@@ -204,6 +220,7 @@ impl Watcher {
             daemon: Vec::new(),
             pending: HashMap::new(),
             backlog: VecDeque::new(),
+            deferred: Vec::new(),
             stats: Stats::default(),
         }
     }
@@ -218,14 +235,34 @@ impl Watcher {
         (self.group.as_fd(), self.sock.as_fd())
     }
 
-    /// How long the supervisor may sleep: short while an allowed shrink runs.
+    /// How long the supervisor may sleep: short while an allowed shrink runs or an event is
+    /// put off.
     pub fn timeout(&self) -> Option<Duration> {
-        self.pending.values().any(|p| matches!(p.stage, Stage::Allowed(_))).then_some(DONE_POLL)
+        let busy = !self.deferred.is_empty() || self.pending.values().any(|p| matches!(p.stage, Stage::Allowed(_)));
+        busy.then_some(DONE_POLL)
     }
 
     /// The group is readable: decide every queued event.
     pub fn on_events(&mut self) -> io::Result<()> {
+        let now = Instant::now();
         for ev in fan::read(self.group.as_fd())? {
+            self.handle(ev, now);
+        }
+        self.pump();
+        Ok(())
+    }
+
+    /// Decides the events put off again.
+    fn retry_deferred(&mut self) {
+        for (ev, since) in std::mem::take(&mut self.deferred) {
+            self.handle(ev, since);
+        }
+        self.pump();
+    }
+
+    /// Decides one event (which came at `since`): answers it, forwards it, or puts it off.
+    fn handle(&mut self, ev: fan::Event, since: Instant) {
+        {
             let key = ev.file.as_raw_fd();
             // A new event of a thread whose shrink was allowed: that syscall is over.
             if ev.tid > 0 {
@@ -237,7 +274,8 @@ impl Watcher {
                     .collect();
                 over.into_iter().for_each(|k| self.done(k));
             }
-            match self.decide(&ev) {
+            match self.decide(&ev, since.elapsed() >= DEFER_MAX) {
+                Decision::Defer => self.deferred.push((ev, since)),
                 Decision::Allow => {
                     self.stats.allowed += 1;
                     if let Err(e) = fan::answer(self.group.as_fd(), key, true) {
@@ -250,16 +288,23 @@ impl Watcher {
                         warn!("cannot answer a host access: {e}");
                     }
                 }
-                Decision::Shrink(shrink, tid) => {
+                Decision::Shrink(shrink, seen) => {
                     self.stats.forwarded += 1;
-                    let p = Pending { _file: ev.file, tid, shrink, stage: Stage::Backlog, line: None };
+                    let (tid, line) = seen.map_or((None, None), |(t, l)| (Some(t), Some(l)));
+                    let p = Pending {
+                        file: ev.file,
+                        tid,
+                        shrink,
+                        stage: Stage::Backlog,
+                        line,
+                        size_at_answer: None,
+                        reached: false,
+                    };
                     self.pending.insert(key, p);
                     self.backlog.push_back(key);
                 }
             }
         }
-        self.pump();
-        Ok(())
     }
 
     /// Asks the daemon about backlogged shrinks while in-flight places are free.
@@ -280,7 +325,9 @@ impl Watcher {
         }
     }
 
-    fn decide(&self, ev: &fan::Event) -> Decision {
+    /// What to do with `ev`. A thread that still reads "running" is put off, unless it has
+    /// been for `DEFER_MAX` already (`give_up`): then it cannot be told.
+    fn decide(&self, ev: &fan::Event, give_up: bool) -> Decision {
         // Pid 0: a thread outside our pid namespace. Unseen, it cannot be classified.
         let seen = if ev.tid > 0 {
             match tgid_of(ev.tid) {
@@ -303,15 +350,18 @@ impl Watcher {
             return Decision::Shrink(shrink(0), None);
         };
         let line = blocked_syscall_of(ev.tid);
-        let comm = std::fs::read_to_string(format!("/proc/{}/comm", ev.tid)).unwrap_or_default();
+        if line.as_deref().is_some_and(|l| l.trim() == "running") && !give_up {
+            return Decision::Defer;
+        }
         let kind = if ev.open { Kind::Open } else { Kind::Access };
         let size = u64::try_from(st.st_size).unwrap_or(0);
-        let tid = ev.tid;
-        match classify(kind, line.as_deref(), comm.trim(), size, &|at| peek(tid, at)) {
+        let flags = task_flags(ev.tid);
+        match classify(kind, line.as_deref(), flags, size) {
             Verdict::Allow => Decision::Allow,
             Verdict::Shrink(new_size) => {
-                debug!("host thread {} ({}) may shrink ino {} to {new_size}", ev.tid, comm.trim(), st.st_ino);
-                Decision::Shrink(Shrink { tgid, ..shrink(new_size) }, Some(ev.tid))
+                debug!("host thread {} may shrink ino {} to {new_size}", ev.tid, st.st_ino);
+                let seen = line.filter(|l| l.trim() != "running").map(|l| (ev.tid, l));
+                Decision::Shrink(Shrink { tgid, ..shrink(new_size) }, seen)
             }
         }
     }
@@ -328,12 +378,29 @@ impl Watcher {
     /// Allowed shrinks whose thread has left the syscall it was blocked in are over. A thread
     /// on a CPU reads "running" (it may still be in that syscall): not over yet. An unseen
     /// thread's shrink is over after `UNSEEN_HOLD`.
+    ///
+    /// A runnable thread reads "running" whether it is still in the syscall (spinning for the
+    /// inode lock, say) or has left it and computes on. Such a shrink ends `RUNNING_HOLD`
+    /// after its answer once the file has been seen at the new size (the size change is done),
+    /// and not before: meanwhile the window installs nothing past the new size, and a
+    /// SETUPMAPPING there waits, then fails (EIO) rather than map less than the guest asked.
+    /// (User-mode CPU time cannot tell the two apart: /proc scales it from the total runtime.)
     pub fn on_tick(&mut self) {
+        if !self.deferred.is_empty() {
+            self.retry_deferred();
+        }
+        for p in self.pending.values_mut() {
+            if matches!(p.stage, Stage::Allowed(_)) && !p.reached && p.size_at_answer != Some(p.shrink.new_size) {
+                let size = fan::fstat(p.file.as_fd()).ok().and_then(|st| u64::try_from(st.st_size).ok());
+                p.reached = size == Some(p.shrink.new_size);
+            }
+        }
         let left = |p: &Pending| match (p.stage, p.tid) {
             (Stage::Allowed(at), None) => at.elapsed() >= UNSEEN_HOLD,
-            (Stage::Allowed(_), Some(tid)) => match syscall_of(tid) {
+            (Stage::Allowed(at), Some(tid)) => match syscall_of(tid) {
                 None => gone(tid),
-                Some(now) => now.trim() != "running" && Some(&now) != p.line.as_ref(),
+                Some(now) if now.trim() == "running" => p.reached && at.elapsed() >= RUNNING_HOLD,
+                Some(now) => p.line.as_ref().is_some_and(|l| *l != now),
             },
             _ => false,
         };
@@ -357,8 +424,7 @@ impl Watcher {
         let key = i32::from_le_bytes(b.get(0..4).unwrap_or_default().try_into().unwrap_or_default());
         let ok = b.get(4..8) != Some(&[0u8; 4][..]);
         if let Some(p) = self.pending.get_mut(&key).filter(|p| p.stage == Stage::Asked) {
-            // The line before the answer: the thread is still blocked in that syscall.
-            p.line = p.tid.and_then(blocked_syscall_of);
+            p.size_at_answer = fan::fstat(p.file.as_fd()).ok().and_then(|st| u64::try_from(st.st_size).ok());
             p.stage = Stage::Allowed(Instant::now());
             if !ok {
                 self.stats.denied += 1;

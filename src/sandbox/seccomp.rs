@@ -163,8 +163,6 @@ const SUPERVISOR: &[libc::c_long] = &[
     libc::SYS_newfstatat,
     libc::SYS_statx,
     libc::SYS_lseek,
-    // the host guard reads an openat2 caller's open_how in /proc/TID/mem
-    libc::SYS_pread64,
     libc::SYS_getdents64,
     libc::SYS_fcntl,
     libc::SYS_wait4,

@@ -25,14 +25,24 @@ const FULL_SCAN_INTERVAL: std::time::Duration = std::time::Duration::from_millis
 /// waiting (to its bound) rather than assume nothing maps the file.
 const UNKNOWN: u32 = u32::MAX;
 
-/// The daemon's end of the maps channel.
+/// How long the daemon waits for a maps answer. The supervisor answers in milliseconds; past
+/// this it is taken as wedged, and every later query answers "cannot tell" (a reply that came
+/// late would be read as the answer to the next query).
+const MAPS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The daemon's end of the maps channel (None once a query timed out).
 pub struct MapsClient {
-    sock: Mutex<UnixStream>,
+    sock: Mutex<Option<UnixStream>>,
 }
 
 impl MapsClient {
+    /// Sets the read timeout, so call it before the seccomp filter (setsockopt is not on the
+    /// daemon's list).
     pub(super) fn new(sock: UnixStream) -> MapsClient {
-        MapsClient { sock: Mutex::new(sock) }
+        if let Err(e) = sock.set_read_timeout(Some(MAPS_TIMEOUT)) {
+            warn!("maps channel: cannot set a read timeout: {e}");
+        }
+        MapsClient { sock: Mutex::new(Some(sock)) }
     }
 
     /// The processes other than the daemon that map (dev, ino) at or past file offset `from`,
@@ -51,8 +61,15 @@ impl MapsClient {
             s.write_all(&req)?;
             read_pids(s)
         };
-        match self.sock.lock().map_err(|_| io::Error::other("poisoned")).and_then(|mut s| ask(&mut s)) {
+        let Ok(mut guard) = self.sock.lock() else { return vec![UNKNOWN] };
+        let Some(s) = guard.as_mut() else { return vec![UNKNOWN] };
+        match ask(s) {
             Ok(p) => p,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                warn!("the supervisor did not answer a maps query in {MAPS_TIMEOUT:?}: no more queries");
+                guard.take();
+                vec![UNKNOWN]
+            }
             Err(e) => {
                 debug!("maps query failed: {e}");
                 vec![UNKNOWN]
