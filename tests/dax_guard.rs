@@ -92,7 +92,12 @@ fn a_host_writer_of_another_range_loses_no_guest_write() {
 fn a_host_truncate_unmaps_only_past_eof_and_growth_brings_it_back() {
     let (d, c, _) = mapped();
     let half = MB2 / 2;
-    std::fs::OpenOptions::new().write(true).open(d.path("f")).unwrap().set_len(half + 100).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(d.path("f"))
+        .unwrap()
+        .set_len(half + 100)
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
     // I2: nothing past the new EOF page is installed; everything below still is.
     let end: u64 = c.vmm.window().pieces().iter().map(|p| p.shm_offset + p.len).max().unwrap_or(0);
     assert_eq!(end, half + PAGE, "pieces after the shrink: {:?}\n{}", c.vmm.window().pieces(), d.log());
@@ -112,7 +117,7 @@ fn a_host_truncate_unmaps_only_past_eof_and_growth_brings_it_back() {
 #[test]
 fn a_host_o_trunc_open_unmaps_everything_first() {
     let (d, c, _) = mapped();
-    drop(std::fs::File::create(d.path("f")).unwrap());
+    drop(std::fs::File::create(d.path("f")).unwrap_or_else(|e| panic!("{e}\n{}", d.log())));
     assert!(c.vmm.window().pieces().is_empty(), "{:?}\n{}", c.vmm.window().pieces(), d.log());
     // The page is past EOF now: a read through the window is zeros (unmapped), never EIO.
     assert_eq!(c.vmm.window().read(0, 4).unwrap(), [0; 4]);
@@ -155,7 +160,12 @@ fn a_host_truncate_cuts_every_inode_of_the_file() {
     let b = c.lookup(1, "f").unwrap().nodeid;
     assert_ne!(a, b);
     c.setupmapping(b, 0, MB2, RW, MB2).unwrap();
-    std::fs::OpenOptions::new().write(true).open(d.path("f")).unwrap().set_len(MB2 / 2).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(d.path("f"))
+        .unwrap()
+        .set_len(MB2 / 2)
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
     let bad = past_eof(&c, MB2 / 2);
     assert!(bad.is_empty(), "pieces past EOF {bad:?}\n{}", d.log());
     // The first inode going away leaves the second one marked: a second truncate is guarded.
@@ -243,7 +253,12 @@ fn a_truncater_the_supervisor_cannot_see_is_still_guarded() {
     // parent namespace, has pid 0 in the watcher's events.
     let wrap = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"];
     let (d, c, _) = map_in(Daemon::start_wrapped(&wrap, GUARDED));
-    std::fs::OpenOptions::new().write(true).open(d.path("f")).unwrap().set_len(MB2 / 2).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(d.path("f"))
+        .unwrap()
+        .set_len(MB2 / 2)
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
     let bad = past_eof(&c, MB2 / 2);
     assert!(bad.is_empty(), "pieces past EOF {bad:?}\n{}", d.log());
     assert!(d.log().contains("(unseen)"), "{}", d.log());

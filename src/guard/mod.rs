@@ -69,9 +69,12 @@ const BLOCK_PAUSE: Duration = Duration::from_micros(100);
 /// is done: what is installed from then on stops at the new EOF).
 const RUNNING_HOLD: Duration = Duration::from_secs(1);
 
-/// How long an event may be put off because its thread reads "running" (woken by another
-/// answer, or preempted before it slept) before it counts as "cannot tell".
-const DEFER_MAX: Duration = Duration::from_secs(2);
+/// How long an event may be put off because its thread reads "running" before it counts as
+/// "cannot tell". Such a thread waits for the answer (fanotify sleeps it killable); it reads
+/// "running" only while it is runnable: woken by another answer (one wait queue for the whole
+/// group) and not yet back on a CPU, which a low-priority thread on a busy CPU may not be for
+/// seconds. Putting it off costs nothing but its own wait.
+const DEFER_MAX: Duration = Duration::from_secs(30);
 
 /// How often the watcher looks whether an allowed shrink has finished.
 const DONE_POLL: Duration = Duration::from_millis(1);
@@ -244,9 +247,8 @@ impl Watcher {
 
     /// The group is readable: decide every queued event.
     pub fn on_events(&mut self) -> io::Result<()> {
-        let now = Instant::now();
         for ev in fan::read(self.group.as_fd())? {
-            self.handle(ev, now);
+            self.handle(ev, None);
         }
         self.pump();
         Ok(())
@@ -255,13 +257,14 @@ impl Watcher {
     /// Decides the events put off again.
     fn retry_deferred(&mut self) {
         for (ev, since) in std::mem::take(&mut self.deferred) {
-            self.handle(ev, since);
+            self.handle(ev, Some(since));
         }
         self.pump();
     }
 
-    /// Decides one event (which came at `since`): answers it, forwards it, or puts it off.
-    fn handle(&mut self, ev: fan::Event, since: Instant) {
+    /// Decides one event (put off since `since`, or new): answers it, forwards it, or puts it
+    /// off.
+    fn handle(&mut self, ev: fan::Event, since: Option<Instant>) {
         {
             let key = ev.file.as_raw_fd();
             // A new event of a thread whose shrink was allowed: that syscall is over.
@@ -274,8 +277,8 @@ impl Watcher {
                     .collect();
                 over.into_iter().for_each(|k| self.done(k));
             }
-            match self.decide(&ev, since.elapsed() >= DEFER_MAX) {
-                Decision::Defer => self.deferred.push((ev, since)),
+            match self.decide(&ev, since) {
+                Decision::Defer => self.deferred.push((ev, since.unwrap_or_else(Instant::now))),
                 Decision::Allow => {
                     self.stats.allowed += 1;
                     if let Err(e) = fan::answer(self.group.as_fd(), key, true) {
@@ -325,9 +328,10 @@ impl Watcher {
         }
     }
 
-    /// What to do with `ev`. A thread that still reads "running" is put off, unless it has
-    /// been for `DEFER_MAX` already (`give_up`): then it cannot be told.
-    fn decide(&self, ev: &fan::Event, give_up: bool) -> Decision {
+    /// What to do with `ev` (put off since `since`, or new). A thread that still reads
+    /// "running" is put off (a new event's first look waits a moment for it to sleep; later
+    /// looks do not), unless it has been for `DEFER_MAX` already: then it cannot be told.
+    fn decide(&self, ev: &fan::Event, since: Option<Instant>) -> Decision {
         // Pid 0: a thread outside our pid namespace. Unseen, it cannot be classified.
         let seen = if ev.tid > 0 {
             match tgid_of(ev.tid) {
@@ -349,7 +353,8 @@ impl Watcher {
             debug!("host thread {} (unseen) accesses ino {}: treated as a shrink to 0", ev.tid, st.st_ino);
             return Decision::Shrink(shrink(0), None);
         };
-        let line = blocked_syscall_of(ev.tid);
+        let line = if since.is_none() { blocked_syscall_of(ev.tid) } else { syscall_of(ev.tid) };
+        let give_up = since.is_some_and(|t| t.elapsed() >= DEFER_MAX);
         if line.as_deref().is_some_and(|l| l.trim() == "running") && !give_up {
             return Decision::Defer;
         }
