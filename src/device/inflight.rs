@@ -37,6 +37,8 @@ struct State {
     running: usize,
     /// The current run; a stop starts the next. Never 0 (0 marks a free head).
     run: u64,
+    /// Threads in `wait_idle` (a notify without one would be a syscall per request for nothing).
+    waiters: usize,
 }
 
 /// The requests in flight on one queue.
@@ -56,7 +58,7 @@ impl Inflight {
     pub fn new(size: usize) -> Inflight {
         Inflight {
             heads: (0..size).map(|_| AtomicU64::new(0)).collect(),
-            state: Mutex::new(State { running: 0, run: 1 }),
+            state: Mutex::new(State { running: 0, run: 1, waiters: 0 }),
             idle: Condvar::new(),
         }
     }
@@ -106,7 +108,7 @@ impl Inflight {
         let mut st = self.lock();
         if st.run == claim.run {
             st.running = st.running.saturating_sub(1);
-            if st.running == 0 {
+            if st.running == 0 && st.waiters > 0 {
                 self.idle.notify_all();
             }
         }
@@ -114,11 +116,14 @@ impl Inflight {
 
     /// Waits up to `timeout` for every request to finish; returns how many are left.
     pub fn wait_idle(&self, timeout: Duration) -> usize {
-        let st = self.lock();
-        match self.idle.wait_timeout_while(st, timeout, |s| s.running > 0) {
-            Ok((s, _)) => s.running,
-            Err(_) => 0,
-        }
+        let mut st = self.lock();
+        st.waiters += 1;
+        let mut st = match self.idle.wait_timeout_while(st, timeout, |s| s.running > 0) {
+            Ok((s, _)) => s,
+            Err(e) => e.into_inner().0,
+        };
+        st.waiters -= 1;
+        st.running
     }
 
     /// The queue stops (GET_VRING_BASE): the ring goes back to the frontend. Requests still

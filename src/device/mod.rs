@@ -163,6 +163,10 @@ impl<F: Filesystem + 'static> FsDevice<F> {
             if event_idx && let Err(e) = vring.disable_notification() {
                 return self.bad_ring(qidx, &e);
             }
+            // The chain popped last is held back until the ring is seen empty: then it is the
+            // only request waiting, and it may run on this thread (no hand-off to a worker);
+            // every chain with another behind it goes to the pool.
+            let mut held: Option<Popped> = None;
             loop {
                 // Own statement: a `while let` would keep the vring lock for the loop body, and
                 // the workers completing requests need that lock.
@@ -170,12 +174,24 @@ impl<F: Filesystem + 'static> FsDevice<F> {
                 let run = self.inflight.get(qidx).map_or(0, |f| f.run());
                 let next = vring.get_mut().get_queue_mut().iter(Arc::clone(&mem)).map(|mut it| it.next());
                 match next {
-                    Ok(Some(chain)) => self.submit(qidx, vring.clone(), Arc::clone(&mem), chain, run),
+                    Ok(Some(chain)) => {
+                        if let Some(prev) = held.replace(Popped { chain, run }) {
+                            self.submit(qidx, vring.clone(), Arc::clone(&mem), prev, false);
+                        }
+                    }
                     Ok(None) => break,
                     // The guest's avail index is bogus, or the queue is not set up. Stop here:
                     // re-arming would report that index as new work forever (a guest-made spin).
-                    Err(e) => return self.bad_ring(qidx, &e),
+                    Err(e) => {
+                        if let Some(prev) = held.take() {
+                            self.submit(qidx, vring.clone(), Arc::clone(&mem), prev, false);
+                        }
+                        return self.bad_ring(qidx, &e);
+                    }
                 }
+            }
+            if let Some(last) = held.take() {
+                self.submit(qidx, vring.clone(), Arc::clone(&mem), last, true);
             }
             if !event_idx {
                 return;
@@ -198,14 +214,17 @@ impl<F: Filesystem + 'static> FsDevice<F> {
     /// queuing such duplicates would let the guest grow the job queue without bound. The
     /// duplicate is dropped like any invalid chain: it never reaches the used ring, which gets
     /// the head exactly once, when the original request completes.
+    /// `alone`: no other request waits on the ring, so this one may run inline on the queue's
+    /// thread (see `runs_inline`).
     fn submit(
         &self,
         qidx: usize,
         vring: VringMutex<GuestMemoryAtomic<GuestMem>>,
         mem: Arc<GuestMem>,
-        chain: Chain,
-        run: u64,
+        popped: Popped,
+        alone: bool,
     ) {
+        let Popped { chain, run } = popped;
         let head = chain.head_index();
         let Some(inflight) = self.inflight.get(qidx).cloned() else {
             warn_limited!("chain {head} on unknown queue {qidx} dropped");
@@ -221,7 +240,8 @@ impl<F: Filesystem + 'static> FsDevice<F> {
                 return warn_limited!("queue {qidx}: chain head {head} is past the queue; dropped");
             }
         };
-        let blocking = peek_opcode(&mem, &chain) == Some(Opcode::Setlkw as u32);
+        let opcode = peek_opcode(&mem, &chain);
+        let blocking = opcode == Some(Opcode::Setlkw as u32);
         // SETLKW may wait forever for another owner: never let it hold a pool worker. Past
         // MAX_LOCK_WAITERS it is answered ENOLCK at once, so a guest cannot wedge the pool.
         let refuse = blocking && !self.reserve_lock_waiter();
@@ -238,7 +258,11 @@ impl<F: Filesystem + 'static> FsDevice<F> {
             inflight.finished(claim);
         });
         let job = if blocking && !refuse { self.spawn_lock_waiter(job) } else { Some(job) };
-        if let Some(job) = job {
+        let Some(job) = job else { return };
+        if alone && !blocking && opcode.is_some_and(runs_inline) {
+            prepare_queue_thread();
+            job();
+        } else {
             self.pool.submit(job);
         }
     }
@@ -274,6 +298,52 @@ impl<F: Filesystem + 'static> FsDevice<F> {
         }
         None
     }
+}
+
+/// Whether a request with this opcode may run on its queue's thread when it is the only one
+/// waiting (saving the hand-off to a worker and back: two wake-ups per request). Not the ones
+/// that can take long by design and would keep the queue's next requests from being popped:
+/// DAX requests (frontend round trips; a SETUPMAPPING may wait for a host truncate), syncs,
+/// fallocate and copy_file_range (disk work), locks (a SETLKW waits on its own thread
+/// anyway), and the session's INIT and DESTROY. The opcode is the guest's and may change
+/// before the request is read: a request that turns into another runs where it started, as
+/// with any worker.
+fn runs_inline(opcode: u32) -> bool {
+    const NOT_INLINE: &[Opcode] = &[
+        Opcode::Setupmapping,
+        Opcode::Removemapping,
+        Opcode::Fsync,
+        Opcode::Fsyncdir,
+        Opcode::Syncfs,
+        Opcode::Fallocate,
+        Opcode::CopyFileRange,
+        Opcode::Getlk,
+        Opcode::Setlk,
+        Opcode::Setlkw,
+        Opcode::Init,
+        Opcode::Destroy,
+    ];
+    !NOT_INLINE.iter().any(|&op| op as u32 == opcode)
+}
+
+thread_local! {
+    static QUEUE_THREAD_READY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A queue thread about to run a request inline gets a worker's per-thread setup once (its
+/// own umask, unshared from the other queue threads).
+fn prepare_queue_thread() {
+    QUEUE_THREAD_READY.with(|ready| {
+        if !ready.replace(true) {
+            prepare_worker_thread();
+        }
+    });
+}
+
+/// A chain popped from a ring, with the run it was popped in.
+struct Popped {
+    chain: Chain,
+    run: u64,
 }
 
 /// Where a claimed chain runs.
