@@ -46,6 +46,8 @@ const DAEMON: &[libc::c_long] = &[
     libc::SYS_rt_sigaction,
     libc::SYS_rt_sigprocmask,
     libc::SYS_rt_sigreturn,
+    // the kernel's restart of a timed sleep a stop interrupted (SIGSTOP/SIGCONT, a tracer)
+    libc::SYS_restart_syscall,
     libc::SYS_rt_sigtimedwait,
     libc::SYS_sigaltstack,
     libc::SYS_tgkill,
@@ -147,6 +149,7 @@ const SUPERVISOR: &[libc::c_long] = &[
     libc::SYS_exit_group,
     libc::SYS_rt_sigprocmask,
     libc::SYS_rt_sigreturn,
+    libc::SYS_restart_syscall,
     libc::SYS_sigaltstack,
     libc::SYS_getpid,
     libc::SYS_clock_gettime,
