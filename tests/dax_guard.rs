@@ -248,20 +248,19 @@ fn a_crowd_of_waiting_host_truncates_never_wedges_the_daemon() {
 }
 
 #[test]
-fn a_truncater_the_supervisor_cannot_see_is_still_guarded() {
+fn a_host_process_the_supervisor_cannot_see_is_denied() {
     // The daemon in a pid namespace of its own (as in a container): this process, in the
-    // parent namespace, has pid 0 in the watcher's events.
+    // parent namespace, has pid 0 in the watcher's events. Nothing could tell when such a
+    // process's truncate has run (a review let one wait on the inode lock past a timer, then
+    // truncate under re-installed pieces), so its accesses to mapped files are refused.
     let wrap = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"];
     let (d, c, _) = map_in(Daemon::start_wrapped(&wrap, GUARDED));
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(d.path("f"))
-        .unwrap()
-        .set_len(MB2 / 2)
-        .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
-    let bad = past_eof(&c, MB2 / 2);
-    assert!(bad.is_empty(), "pieces past EOF {bad:?}\n{}", d.log());
-    assert!(d.log().contains("(unseen)"), "{}", d.log());
+    let open = std::fs::OpenOptions::new().write(true).open(d.path("f"));
+    assert_eq!(open.map(drop).map_err(|e| e.raw_os_error()), Err(Some(libc::EPERM)), "{}", d.log());
+    assert_eq!(std::fs::metadata(d.path("f")).unwrap().len(), MB2);
+    assert!(past_eof(&c, MB2).is_empty());
+    assert!(window_keeps(&c, PAGE, b"kept"), "{}", d.log());
+    assert!(d.log().contains("(unseen"), "{}", d.log());
 }
 
 /// Under the host guard, host processes use the files the guest maps, so the guest's locks
@@ -614,7 +613,7 @@ fn a_32_bit_o_trunc_open_cuts_first() {
 }
 
 #[test]
-fn a_truncater_that_keeps_running_holds_the_window_back_only_for_a_moment() {
+fn a_truncater_that_keeps_running_never_gets_the_guest_a_short_mapping() {
     // on_tick() takes "running" for "still in the syscall", so a thread that computes after its
     // ftruncate returned keeps its shrink allowed-not-over: the daemon's limit stays at the
     // truncated size, nothing of the file past it is installed again (not the host's regrowth,
@@ -646,8 +645,11 @@ fn a_truncater_that_keeps_running_holds_the_window_back_only_for_a_moment() {
     let kept = window_keeps(&c, MB2 - PAGE, b"lost");
     stop.store(true, Relaxed);
     spinner.join().unwrap();
+    // Nothing tells a truncater still in its syscall from one that computes on (see
+    // Watcher::on_tick): the range stays held back while it runs. What must never happen is a
+    // SETUPMAPPING that answers Ok and installs less than asked.
     assert!(
-        end == MB2 && kept,
+        setup == Err(libc::EIO) || (end == MB2 && kept),
         "3 s after the host truncate returned and the file grew back: setup {setup:?}, pieces end at {end} of {MB2}, guest write kept: {kept}"
     );
 }
@@ -892,5 +894,181 @@ fn a_reader_named_iou_loses_no_guest_write() {
         "one read cut the mapping ({} pieces now):\n{}",
         c.vmm.window().pieces().len(),
         log.lines().filter(|l| l.contains("shrink")).collect::<Vec<_>>().join("\n")
+    );
+}
+
+// Attacks a second review found (on 7b73541).
+
+/// A userfaultfd over `len` bytes of fresh anonymous memory: the first touch of the page
+/// blocks until `release` is sent, then reads zeros. Returns the memory and the sender.
+fn slow_page(len: usize) -> (usize, std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>) {
+    #[repr(C)]
+    struct Api {
+        api: u64,
+        features: u64,
+        ioctls: u64,
+    }
+    #[repr(C)]
+    struct Reg {
+        start: u64,
+        len: u64,
+        mode: u64,
+        ioctls: u64,
+    }
+    #[repr(C)]
+    struct Zero {
+        start: u64,
+        len: u64,
+        mode: u64,
+        zeropage: i64,
+    }
+    // SAFETY: plain syscalls on fresh objects; the structs match linux/userfaultfd.h.
+    unsafe {
+        let uffd = libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) as i32;
+        assert!(uffd >= 0, "userfaultfd: {}", std::io::Error::last_os_error());
+        let mut api = Api { api: 0xAA, features: 0, ioctls: 0 };
+        assert_eq!(libc::ioctl(uffd, 0xc018_aa3f, &raw mut api), 0);
+        let mem = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(mem, libc::MAP_FAILED);
+        let mut reg = Reg { start: mem as u64, len: len as u64, mode: 1, ioctls: 0 };
+        assert_eq!(libc::ioctl(uffd, 0xc020_aa00, &raw mut reg), 0, "{}", std::io::Error::last_os_error());
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (ftx, frx) = std::sync::mpsc::channel::<()>();
+        let base = mem as u64;
+        std::thread::spawn(move || {
+            let mut msg = [0u8; 32];
+            let n = libc::read(uffd, msg.as_mut_ptr().cast(), 32);
+            assert_eq!(n, 32);
+            let _ = ftx.send(());
+            let _ = rx.recv();
+            let mut z = Zero { start: base, len: len as u64, mode: 0, zeropage: 0 };
+            libc::ioctl(uffd, 0xc020_aa04, &raw mut z);
+        });
+        (mem as usize, tx, frx)
+    }
+}
+
+#[test]
+fn a_host_writer_holding_the_inode_lock_never_parks_a_read_only_setupmapping() {
+    // watch() runs SEEK_DATA after a file's first mark, under the inode's mmap semaphore held
+    // exclusively (setup_locked). SEEK_DATA takes the inode lock shared, so a host writer that
+    // holds the inode lock (its copy from a slowly faulting buffer: userfaultfd here, a FUSE
+    // mmap for an unprivileged user) parks the SETUPMAPPING for as long as it likes, and every
+    // guest request that needs the semaphore (here: a GETATTR) behind it, even a read-only
+    // mapping that never writes the file.
+    use std::os::fd::AsRawFd;
+    let d = Daemon::start(GUARDED);
+    let c = Client::connect_dax(&d.socket, 1, false);
+    let (g, gfh) = c.create(1, "g", libc::O_RDWR | libc::O_CREAT, 0o644).unwrap();
+    c.write(g.nodeid, gfh, 0, &[b'g'; 8192]).unwrap();
+    let (buf, release, faulted) = slow_page(4096);
+    let p = d.path("g");
+    let writer = std::thread::spawn(move || {
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        // SAFETY: `buf` is a live 4 KiB mapping; the write reads it (and blocks in its fault).
+        unsafe { libc::pwrite(f.as_raw_fd(), buf as *const libc::c_void, 4096, 0) }
+    });
+    faulted.recv_timeout(Duration::from_secs(10)).expect("the writer never faulted");
+    let c = std::sync::Arc::new(c);
+    let (c1, gn) = (c.clone(), g.nodeid);
+    let setup = within(Duration::from_secs(3), move || c1.setupmapping(gn, 0, MB2, FUSE_SETUPMAPPING_FLAG_READ, 0));
+    let c2 = c.clone();
+    let getattr = within(Duration::from_secs(2), move || c2.getattr(gn).map(|a| a.attr.size));
+    // What the daemon's threads are in (8: lseek; 202: futex).
+    let pid = d.serving_pid();
+    let stuck: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("syscall")).ok())
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|n| n == "8")
+        .collect();
+    release.send(()).unwrap();
+    writer.join().unwrap();
+    assert!(
+        setup.is_some() && getattr.is_some(),
+        "while a host writer holds the inode lock: SETUPMAPPING (read) {setup:?}, GETATTR {getattr:?} (None: still waiting); daemon threads in lseek: {}",
+        stuck.len()
+    );
+}
+
+#[test]
+fn a_starved_truncater_is_not_over_when_another_writer_shows_its_size() {
+    // RUNNING_HOLD: a shrink whose thread reads "running" ends 1 s after its answer once the
+    // file has been seen at the new size. "Seen at the new size" is not "this truncate has
+    // run": another writer of the file can show that size for a moment (truncate to it, grow
+    // back). The truncater itself, SCHED_IDLE behind busy threads on its CPU, is runnable
+    // but has not run its truncate 1 s after its answer: the daemon re-installs to the grown
+    // EOF, then the truncate runs under the pieces.
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    let (d, c, node) = mapped();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut found = None;
+    let hogs: Vec<_> = (0..8)
+        .map(|_| {
+            let st = stop.clone();
+            std::thread::spawn(move || {
+                pin(0, 0);
+                while !st.load(Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    for attempt in 0..8 {
+        std::fs::OpenOptions::new().write(true).open(d.path("f")).unwrap().set_len(MB2).unwrap();
+        let _ = c.setupmapping(node, 0, MB2, RW, 0);
+        std::thread::sleep(Duration::from_millis(100));
+        let before = d.log().matches("to 1048576: pieces").count();
+        let p = d.path("f");
+        let t = std::thread::spawn(move || {
+            pin(0, 0);
+            idle_priority();
+            let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+            f.set_len(MB2 / 2).unwrap();
+        });
+        // The truncater's shrink is prepared and allowed; now show its size and grow back.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while d.log().matches("to 1048576: pieces").count() == before && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let other = std::fs::OpenOptions::new().write(true).open(d.path("f")).unwrap();
+        other.set_len(MB2 / 2).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        other.set_len(MB2).unwrap();
+        // Watch until the truncater is done.
+        let mut sample = None;
+        while !t.is_finished() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        t.join().unwrap();
+        for _ in 0..40 {
+            let size = std::fs::metadata(d.path("f")).unwrap().len();
+            let bad = past_eof(&c, size);
+            if !bad.is_empty() {
+                sample = Some((attempt, size, bad));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if sample.is_some() {
+            found = sample;
+            break;
+        }
+    }
+    stop.store(true, Relaxed);
+    hogs.into_iter().for_each(|h| h.join().unwrap());
+    assert!(
+        found.is_none(),
+        "(attempt, EOF, pieces past it): {found:?}\n{}",
+        d.log().lines().filter(|l| l.contains("shrink") || l.contains("install")).collect::<Vec<_>>().join("\n")
     );
 }

@@ -80,15 +80,6 @@ impl HostGuard {
         }
         st.marked.entry(key).or_default().push((inode, Arc::clone(file)));
         st.by_inode.insert(inode, key);
-        drop(st);
-        if entries == 0 {
-            // A host truncate that passed its permission check before the mark may still wait
-            // for the inode lock (behind a write, say): it would run after the caller read the
-            // size to map to. SEEK_DATA takes the inode lock shared, so it waits for it.
-            if let Err(e) = sys::seek_data(file.as_fd()) {
-                debug!("inode {}: SEEK_DATA after the mark: {e}", inode.0);
-            }
-        }
         Ok(())
     }
 

@@ -629,7 +629,7 @@ impl Inner {
         }
         let mut t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         self.check_epoch(run.epoch)?;
-        if t.has_same(inode, s.range, s.foffset, s.writable) {
+        if t.has_same(inode, s.range, s.foffset, s.writable, round_up(eof, self.align)) {
             return Ok(());
         }
         let end = s.range.start.0 + s.range.len;

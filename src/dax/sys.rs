@@ -73,17 +73,6 @@ fn fallocate(fd: BorrowedFd<'_>, mode: libc::c_int, offset: u64, len: u64) -> io
     check(unsafe { libc::fallocate(fd.as_raw_fd(), mode, offset, len) }).map(drop)
 }
 
-/// lseek(SEEK_DATA) from 0 (the result is not needed: filesystems take the inode lock for it,
-/// so it waits for a truncate already under way). ENXIO (no data) counts as done.
-pub fn seek_data(file: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: plain lseek on a borrowed fd.
-    let r = unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_DATA) };
-    if r >= 0 || io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
-        return Ok(());
-    }
-    Err(io::Error::last_os_error())
-}
-
 /// Whether a read fault of a hole of `file` needs space (shmem: tmpfs, hugetlbfs), so it can
 /// SIGBUS on a full filesystem. True when unknown.
 pub fn holes_take_space_to_read(file: BorrowedFd<'_>) -> bool {

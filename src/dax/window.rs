@@ -184,10 +184,24 @@ impl Table {
         })
     }
 
-    /// Whether `inode` already has exactly this mapping, writable if `writable` is asked.
-    pub fn has_same(&self, inode: InodeId, range: WinRange, foffset: FileOffset, writable: bool) -> bool {
+    /// Whether `inode` already has exactly this mapping, writable if `writable` is asked, and
+    /// installed up to file offset `valid_end` (or its end): a mapping a host shrink cut short
+    /// is set up again, not answered as done.
+    pub fn has_same(
+        &self,
+        inode: InodeId,
+        range: WinRange,
+        foffset: FileOffset,
+        writable: bool,
+        valid_end: u64,
+    ) -> bool {
         self.maps.get(&range.start.0).is_some_and(|m| {
-            m.inode == inode && m.range == range && m.foffset == foffset && (m.writable || !writable) && !m.revoked
+            m.inode == inode
+                && m.range == range
+                && m.foffset == foffset
+                && (m.writable || !writable)
+                && !m.revoked
+                && m.covered() >= valid_end.saturating_sub(foffset.0).min(range.len)
         })
     }
 

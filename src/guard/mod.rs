@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 
+use crate::log_limit::warn_limited;
+
 pub use classify::{Kind, Verdict, classify};
 
 /// Most shrinks the daemon is asked to prepare for at once, so the channel never fills and
@@ -24,10 +26,6 @@ pub use classify::{Kind, Verdict, classify};
 /// blocked, nothing is allowed early); the group is read at all times, so the daemon's own
 /// accesses are answered at once whatever waits.
 const MAX_IN_FLIGHT: usize = 64;
-
-/// How long an allowed shrink by a thread the watcher cannot see (pid 0: outside its pid
-/// namespace) holds the window back: such a thread cannot be watched leaving its syscall.
-const UNSEEN_HOLD: Duration = Duration::from_secs(1);
 
 /// A shrink the daemon prepares for before the watcher lets it happen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,11 +61,6 @@ pub const TICK: Duration = Duration::from_millis(10);
 /// the event off (the thread stays blocked; it is looked at again every `DONE_POLL`).
 const BLOCK_TRIES: u32 = 10;
 const BLOCK_PAUSE: Duration = Duration::from_micros(100);
-
-/// How long after its answer a shrink whose file has reached the new size ends although its
-/// thread still reads "running" (it computes on, or finishes the truncate, whose size change
-/// is done: what is installed from then on stops at the new EOF).
-const RUNNING_HOLD: Duration = Duration::from_secs(1);
 
 /// How long an event may be put off because its thread reads "running" before it counts as
 /// "cannot tell". Such a thread waits for the answer (fanotify sleeps it killable); it reads
@@ -148,15 +141,11 @@ enum Stage {
 /// A forwarded event: its file (kept open so no new event reuses the key before the daemon
 /// heard it is over), the thread (None: unseen), and the syscall line it is blocked in.
 struct Pending {
-    file: OwnedFd,
+    _file: OwnedFd,
     tid: Option<i32>,
     shrink: Shrink,
     stage: Stage,
     line: Option<String>,
-    /// The file's size when the shrink was allowed, and whether it has been seen at the new
-    /// size since (the truncate has happened).
-    size_at_answer: Option<u64>,
-    reached: bool,
 }
 
 /// What to do with one event.
@@ -294,15 +283,7 @@ impl Watcher {
                 Decision::Shrink(shrink, seen) => {
                     self.stats.forwarded += 1;
                     let (tid, line) = seen.map_or((None, None), |(t, l)| (Some(t), Some(l)));
-                    let p = Pending {
-                        file: ev.file,
-                        tid,
-                        shrink,
-                        stage: Stage::Backlog,
-                        line,
-                        size_at_answer: None,
-                        reached: false,
-                    };
+                    let p = Pending { _file: ev.file, tid, shrink, stage: Stage::Backlog, line };
                     self.pending.insert(key, p);
                     self.backlog.push_back(key);
                 }
@@ -350,23 +331,39 @@ impl Watcher {
         };
         let shrink = |new_size| Shrink { key: ev.file.as_raw_fd(), dev: st.st_dev, ino: st.st_ino, new_size, tgid: 0 };
         let Some(tgid) = seen else {
-            debug!("host thread {} (unseen) accesses ino {}: treated as a shrink to 0", ev.tid, st.st_ino);
-            return Decision::Shrink(shrink(0), None);
+            // Nothing could tell when its truncate (if it is one) has run: no timer is safe.
+            warn_limited!("host thread {} (unseen: outside our pid namespace) accesses a mapped file: denied", ev.tid);
+            return Decision::Deny;
         };
         let line = if since.is_none() { blocked_syscall_of(ev.tid) } else { syscall_of(ev.tid) };
-        let give_up = since.is_some_and(|t| t.elapsed() >= DEFER_MAX);
-        if line.as_deref().is_some_and(|l| l.trim() == "running") && !give_up {
+        if line.as_deref().is_some_and(|l| l.trim() == "running") {
+            if since.is_some_and(|t| t.elapsed() >= DEFER_MAX) {
+                warn_limited!(
+                    "host thread {} stayed runnable for {DEFER_MAX:?} in an access to a mapped file: denied",
+                    ev.tid
+                );
+                return Decision::Deny;
+            }
             return Decision::Defer;
         }
         let kind = if ev.open { Kind::Open } else { Kind::Access };
         let size = u64::try_from(st.st_size).unwrap_or(0);
         let flags = task_flags(ev.tid);
+        if flags.is_some_and(|f| f & (classify::PF_KTHREAD | classify::PF_IO_WORKER) != 0) {
+            // A kernel thread (ksmbd) or an io_uring worker runs it outside any syscall of its
+            // own: neither what it does nor when it is done can be told.
+            warn_limited!("a kernel thread or io_uring worker ({}) accesses a mapped file: denied", ev.tid);
+            return Decision::Deny;
+        }
         match classify(kind, line.as_deref(), flags, size) {
             Verdict::Allow => Decision::Allow,
             Verdict::Shrink(new_size) => {
                 debug!("host thread {} may shrink ino {} to {new_size}", ev.tid, st.st_ino);
-                let seen = line.filter(|l| l.trim() != "running").map(|l| (ev.tid, l));
-                Decision::Shrink(Shrink { tgid, ..shrink(new_size) }, seen)
+                match line {
+                    Some(l) => Decision::Shrink(Shrink { tgid, ..shrink(new_size) }, Some((ev.tid, l))),
+                    // No line: nothing could tell when it is over.
+                    None => Decision::Deny,
+                }
             }
         }
     }
@@ -384,28 +381,20 @@ impl Watcher {
     /// on a CPU reads "running" (it may still be in that syscall): not over yet. An unseen
     /// thread's shrink is over after `UNSEEN_HOLD`.
     ///
-    /// A runnable thread reads "running" whether it is still in the syscall (spinning for the
-    /// inode lock, say) or has left it and computes on. Such a shrink ends `RUNNING_HOLD`
-    /// after its answer once the file has been seen at the new size (the size change is done),
-    /// and not before: meanwhile the window installs nothing past the new size, and a
+    /// A runnable thread reads "running" whether it is still in the syscall (starved before
+    /// its truncate, or spinning for the inode lock) or has left it and computes on; nothing
+    /// in /proc tells the two apart (user-mode CPU time is scaled from the total runtime, and
+    /// the file's size can be set by any writer), so the shrink lasts until the thread blocks
+    /// elsewhere or exits. Meanwhile the window installs nothing past the new size, and a
     /// SETUPMAPPING there waits, then fails (EIO) rather than map less than the guest asked.
-    /// (User-mode CPU time cannot tell the two apart: /proc scales it from the total runtime.)
     pub fn on_tick(&mut self) {
         if !self.deferred.is_empty() {
             self.retry_deferred();
         }
-        for p in self.pending.values_mut() {
-            if matches!(p.stage, Stage::Allowed(_)) && !p.reached && p.size_at_answer != Some(p.shrink.new_size) {
-                let size = fan::fstat(p.file.as_fd()).ok().and_then(|st| u64::try_from(st.st_size).ok());
-                p.reached = size == Some(p.shrink.new_size);
-            }
-        }
         let left = |p: &Pending| match (p.stage, p.tid) {
-            (Stage::Allowed(at), None) => at.elapsed() >= UNSEEN_HOLD,
-            (Stage::Allowed(at), Some(tid)) => match syscall_of(tid) {
+            (Stage::Allowed(_), Some(tid)) => match syscall_of(tid) {
                 None => gone(tid),
-                Some(now) if now.trim() == "running" => p.reached && at.elapsed() >= RUNNING_HOLD,
-                Some(now) => p.line.as_ref().is_some_and(|l| *l != now),
+                Some(now) => now.trim() != "running" && p.line.as_ref().is_some_and(|l| *l != now),
             },
             _ => false,
         };
@@ -429,7 +418,6 @@ impl Watcher {
         let key = i32::from_le_bytes(b.get(0..4).unwrap_or_default().try_into().unwrap_or_default());
         let ok = b.get(4..8) != Some(&[0u8; 4][..]);
         if let Some(p) = self.pending.get_mut(&key).filter(|p| p.stage == Stage::Asked) {
-            p.size_at_answer = fan::fstat(p.file.as_fd()).ok().and_then(|st| u64::try_from(st.st_size).ok());
             p.stage = Stage::Allowed(Instant::now());
             if !ok {
                 self.stats.denied += 1;
