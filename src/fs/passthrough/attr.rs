@@ -44,7 +44,8 @@ impl Passthrough {
     ) -> io::Result<(Attr, Duration)> {
         let inode = self.inode(node)?;
         let handle = fh.map(|fh| self.handles.get(fh, node)).transpose()?;
-        let proc_name = sys::fd_name(inode.path_fd());
+        let path = inode.path_fd()?;
+        let proc_name = sys::fd_name(path.as_fd());
         let proc_fd = self.proc_fd.as_fd();
         let _creds = ScopedCreds::switch(ctx)?;
         if let Some(mode) = set.mode {
@@ -54,7 +55,7 @@ impl Passthrough {
             }
         }
         if set.uid.is_some() || set.gid.is_some() {
-            sys::fchown(inode.path_fd(), set.uid.unwrap_or(u32::MAX), set.gid.unwrap_or(u32::MAX))?;
+            sys::fchown(path.as_fd(), set.uid.unwrap_or(u32::MAX), set.gid.unwrap_or(u32::MAX))?;
         }
         if let Some(size) = set.size {
             let reopened;

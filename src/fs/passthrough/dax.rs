@@ -121,7 +121,8 @@ impl Passthrough {
         if let Some(dax) = self.dax_session() {
             dax.revalidate_copies(InodeId(inode.nodeid.0));
         }
-        self.dax_stable(inode, || sys::statx(inode.path_fd()))
+        let path = inode.path_fd()?;
+        self.dax_stable(inode, || sys::statx(path.as_fd()))
     }
 
     /// Truncates a DAX inode: shrinks go through the window's cut/re-install (I4).
