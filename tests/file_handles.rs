@@ -1,7 +1,9 @@
 //! Inodes held as file handles (`--inode-file-handles`, prefer by default): lookups, getattr,
 //! open and read through handles, hard links and re-lookups deduplicated, no host fd per inode,
 //! the fallback to O_PATH fds where a filesystem or the capability is missing, and mandatory
-//! failing loudly there. Under the default sandbox (namespaces, seccomp kill).
+//! failing loudly there; requests made as an unprivileged caller (the daemon takes on the
+//! caller's fsuid, which drops CAP_DAC_READ_SEARCH: every handle is opened before that).
+//! Under the default sandbox (namespaces, seccomp kill).
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 
 mod common;
@@ -10,6 +12,7 @@ use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 
 use common::fuse::*;
+use daxfsd::fuse::abi::*;
 
 fn is_root() -> bool {
     std::fs::metadata("/proc/self").unwrap().uid() == 0
@@ -220,4 +223,138 @@ fn rootless_prefer_falls_back_to_fds() {
     d.wait_for_log("holding inodes as O_PATH fds");
     let e = c.mkdir(1, "d", 0o755).unwrap();
     assert!(c.getattr(e.nodeid).is_ok());
+}
+
+/// The two ways of holding inodes the caller tests compare: the default, then O_PATH fds.
+const MODES: [&[&str]; 2] = [&[], &["--inode-file-handles=never"]];
+
+/// A daemon in `mode` (one of MODES), with the handle log line checked for the default.
+fn start_in_mode(mode: &[&str], extra: &[&str]) -> Daemon {
+    let args: Vec<&str> = mode.iter().chain(extra).copied().collect();
+    let d = Daemon::start(&args);
+    if mode.is_empty() {
+        d.wait_for_log("inodes are held as file handles");
+    }
+    d
+}
+
+/// pjdfstest 0.2.2 chmod::clear_isgid_bit: root makes a file 0755 and gives it to a user, who
+/// sets 02755 (kept: the file's group is the user's) and then 0755. Each SETATTR as the user
+/// answers the new mode; with handles it once answered EPERM after the chmod was done (the
+/// reply's stat opened the handle under the user's fsuid).
+#[test]
+fn setattr_chmod_sgid_as_the_owner_answers_the_new_mode() {
+    if !is_root() {
+        eprintln!("skipped: taking on a caller's credentials needs a root daemon");
+        return;
+    }
+    for mode in MODES {
+        let d = start_in_mode(mode, &[]);
+        let mut c = d.client();
+        let (e, fh) = c.create(1, "f", libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o644).unwrap();
+        c.release(e.nodeid, fh).unwrap();
+        c.setattr(e.nodeid, SetattrIn { valid: FATTR_MODE, mode: 0o755, ..Default::default() }).unwrap();
+        let own = SetattrIn { valid: FATTR_UID | FATTR_GID, uid: 65534, gid: 65534, ..Default::default() };
+        c.setattr(e.nodeid, own).unwrap();
+        (c.uid, c.gid) = (65534, 65534);
+        for want in [0o2755, 0o755] {
+            let s = SetattrIn { valid: FATTR_MODE, mode: want, ..Default::default() };
+            let got = c.setattr(e.nodeid, s).unwrap_or_else(|e| panic!("{mode:?}: chmod {want:o}: errno {e}"));
+            assert_eq!(got.attr.mode & 0o7777, want, "{mode:?}");
+            assert_eq!(std::fs::metadata(d.path("f")).unwrap().mode() & 0o7777, want, "{mode:?}");
+            assert_eq!(c.getattr(e.nodeid).unwrap().attr.mode & 0o7777, want, "{mode:?}");
+        }
+    }
+}
+
+/// pjdfstest 0.2.2 ftruncate::affected_create_flags_only: a file created O_RDWR with mode 0
+/// can be truncated through the fd that created it, by root and by a user in a 0777 directory
+/// (the SETATTR carries the handle; the mode does not matter, only the open's flags).
+#[test]
+fn setattr_ftruncate_of_a_mode_0_file_through_its_create_handle_succeeds() {
+    if !is_root() {
+        eprintln!("skipped: taking on a caller's credentials needs a root daemon");
+        return;
+    }
+    for mode in MODES {
+        let d = start_in_mode(mode, &[]);
+        let mut c = d.client();
+        let sub = c.mkdir(1, "sub", 0o755).unwrap();
+        let trunc = |c: &Client, node, fh| {
+            let s = SetattrIn { valid: FATTR_SIZE | FATTR_FH, fh, size: 0, ..Default::default() };
+            c.setattr(node, s).map(|a| a.attr.size)
+        };
+        let (e, fh) = c.create(sub.nodeid, "test", libc::O_RDWR | libc::O_CREAT, 0).unwrap();
+        assert_eq!(trunc(&c, e.nodeid, fh), Ok(0), "{mode:?}: as root");
+        c.setattr(sub.nodeid, SetattrIn { valid: FATTR_MODE, mode: 0o777, ..Default::default() }).unwrap();
+        (c.uid, c.gid) = (65534, 65534);
+        let (e, fh) = c.create(sub.nodeid, "unprivileged", libc::O_RDWR | libc::O_CREAT, 0).unwrap();
+        c.write(e.nodeid, fh, 0, b"data").unwrap();
+        assert_eq!(trunc(&c, e.nodeid, fh), Ok(0), "{mode:?}: as the user");
+        assert_eq!(std::fs::metadata(d.path("sub/unprivileged")).unwrap().len(), 0, "{mode:?}");
+    }
+}
+
+/// truncate(2) by path (no handle in the SETATTR): the daemon opens the file for writing as
+/// the caller, so the host checks the caller's write permission, as with O_PATH fds.
+#[test]
+fn setattr_truncate_by_path_as_a_user_checks_write_permission() {
+    if !is_root() {
+        eprintln!("skipped: taking on a caller's credentials needs a root daemon");
+        return;
+    }
+    for mode in MODES {
+        let d = start_in_mode(mode, &[]);
+        let mut c = d.client();
+        (c.uid, c.gid) = (65534, 65534);
+        let (e, fh) = c.create(1, "f", libc::O_RDWR | libc::O_CREAT, 0).unwrap();
+        c.write(e.nodeid, fh, 0, b"0123456789").unwrap();
+        c.release(e.nodeid, fh).unwrap();
+        let size = |n| SetattrIn { valid: FATTR_SIZE, size: n, ..Default::default() };
+        assert_eq!(c.setattr(e.nodeid, size(3)).unwrap_err(), libc::EACCES, "{mode:?}: mode 0");
+        c.setattr(e.nodeid, SetattrIn { valid: FATTR_MODE, mode: 0o644, ..Default::default() }).unwrap();
+        assert_eq!(c.setattr(e.nodeid, size(3)).map(|a| a.attr.size), Ok(3), "{mode:?}: mode 0644");
+        assert_eq!(std::fs::metadata(d.path("f")).unwrap().len(), 3, "{mode:?}");
+        (c.uid, c.gid) = (1000, 1000);
+        assert_eq!(c.setattr(e.nodeid, size(1)).unwrap_err(), libc::EACCES, "{mode:?}: not the owner");
+    }
+}
+
+/// Every request that runs as its caller, made by a user, answers as it does with O_PATH fds:
+/// nothing opens a file handle under the caller's credentials (a debug daemon aborts if one
+/// does, so the requests after it would fail too).
+#[test]
+fn requests_as_a_user_with_handles_answer_as_with_fds() {
+    if !is_root() {
+        eprintln!("skipped: taking on a caller's credentials needs a root daemon");
+        return;
+    }
+    for mode in MODES {
+        let mut d = start_in_mode(mode, &["--xattr"]);
+        let mut c = d.client();
+        (c.uid, c.gid) = (65534, 65534);
+        let dir = c.mkdir(1, "d", 0o755).unwrap();
+        let (f, fh) = c.create(dir.nodeid, "f", libc::O_RDWR | libc::O_CREAT, 0o644).unwrap();
+        c.release(f.nodeid, fh).unwrap();
+        c.mknod(dir.nodeid, "p", libc::S_IFIFO | 0o644, 0).unwrap();
+        c.symlink(dir.nodeid, "l", "f").unwrap();
+        assert_eq!(c.link(f.nodeid, dir.nodeid, "g").unwrap().nodeid, f.nodeid, "{mode:?}");
+        c.rename(dir.nodeid, "g", 1, "g").unwrap();
+        c.unlink(1, "g").unwrap();
+        c.access(f.nodeid, libc::W_OK as u32).unwrap();
+        c.setxattr(f.nodeid, "user.k", b"v", 0).unwrap();
+        c.removexattr(f.nodeid, "user.k").unwrap();
+        let times = SetattrIn { valid: FATTR_ATIME | FATTR_MTIME, atime: 5, mtime: 7, ..Default::default() };
+        assert_eq!(c.setattr(f.nodeid, times).unwrap().attr.mtime, 7, "{mode:?}");
+        let chgrp = SetattrIn { valid: FATTR_GID, gid: 65534, ..Default::default() };
+        assert_eq!(c.setattr(f.nodeid, chgrp).unwrap().attr.gid, 65534, "{mode:?}");
+        let steal = SetattrIn { valid: FATTR_UID, uid: 0, ..Default::default() };
+        assert_eq!(c.setattr(f.nodeid, steal).unwrap_err(), libc::EPERM, "{mode:?}: chown away");
+        c.uid = 1000;
+        let chmod = SetattrIn { valid: FATTR_MODE, mode: 0o777, ..Default::default() };
+        assert_eq!(c.setattr(f.nodeid, chmod).unwrap_err(), libc::EPERM, "{mode:?}: not the owner");
+        assert_eq!(c.access(f.nodeid, libc::W_OK as u32).unwrap_err(), libc::EACCES, "{mode:?}");
+        assert_eq!(c.rmdir(1, "d").unwrap_err(), libc::ENOTEMPTY, "{mode:?}");
+        still_serving(&mut d, &c);
+    }
 }

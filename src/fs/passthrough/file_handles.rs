@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, Weak};
 use log::{error, warn};
 
 use super::inodes::InodeKey;
+use crate::fs::cred;
 use crate::fs::sys::{self, FileHandle};
 
 /// Whether inodes are held as file handles (virtiofsd's `--inode-file-handles`).
@@ -67,7 +68,7 @@ impl InodeRepr {
         match self {
             InodeRepr::Fd(fd) => Ok(PathFd::Borrowed(fd.as_fd())),
             InodeRepr::Handle { handle, mount } => {
-                sys::open_by_handle(mount.fd.as_fd(), handle, libc::O_PATH | libc::O_NOFOLLOW).map(PathFd::Owned)
+                open_as_daemon(mount, handle, libc::O_PATH | libc::O_NOFOLLOW).map(PathFd::Owned)
             }
         }
     }
@@ -77,9 +78,20 @@ impl InodeRepr {
     pub fn open_handle(&self, flags: i32) -> Option<io::Result<OwnedFd>> {
         match self {
             InodeRepr::Fd(_) => None,
-            InodeRepr::Handle { handle, mount } => Some(sys::open_by_handle(mount.fd.as_fd(), handle, flags)),
+            InodeRepr::Handle { handle, mount } => Some(open_as_daemon(mount, handle, flags)),
         }
     }
+}
+
+/// open_by_handle_at with the daemon's own credentials. Every handle is opened before a
+/// request takes on its caller's (ScopedCreds): setfsuid to the caller drops
+/// CAP_DAC_READ_SEARCH from the effective set, and the kernel then refuses the open with EPERM,
+/// which the guest would get for an operation that may already have been done. What must be
+/// checked as the caller is done on the fd opened here (through /proc/self/fd for an open).
+fn open_as_daemon(mount: &MountFd, handle: &FileHandle, flags: i32) -> io::Result<OwnedFd> {
+    // A daemon bug if it fires; in a release build the kernel's EPERM is the answer.
+    debug_assert!(!cred::is_switched(), "open_by_handle_at under a caller's credentials");
+    sys::open_by_handle(mount.fd.as_fd(), handle, flags)
 }
 
 enum MountState {
@@ -221,7 +233,7 @@ impl MountFds {
 
 /// Whether `handle` opens, on `mount`, the inode `key` names.
 fn verify(mount: &MountFd, handle: &FileHandle, key: &InodeKey) -> io::Result<()> {
-    let fd = sys::open_by_handle(mount.fd.as_fd(), handle, libc::O_PATH | libc::O_NOFOLLOW)?;
+    let fd = open_as_daemon(mount, handle, libc::O_PATH | libc::O_NOFOLLOW)?;
     let (attr, mnt_id) = sys::statx(fd.as_fd())?;
     if (InodeKey { dev: attr.dev, ino: attr.ino, mnt_id }) != *key {
         return Err(errno(libc::ESTALE));
