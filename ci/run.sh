@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What CI runs (.ci/run calls this): formatting, lints, structure, the README's test command,
-# then the quick VM tier, the posix tier (pjdfstest) and the libvirt tier. Installs what it
-# needs; safe to run on a fresh machine as root.
+# then the quick VM tier, the posix tier (pjdfstest), the 200000-file tree walk and the
+# libvirt tier. Installs what it needs; safe to run on a fresh machine as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -37,6 +37,8 @@ else
     vm-tests/matrix.sh --tier quick --daemon target/debug/daxfsd
     step "vm-tests posix tier: pjdfstest in the guest, without DAX and with dax=always"
     vm-tests/posix.sh --daemon target/debug/daxfsd
+    step "vm-tests tree-walk: 200000 files under --rlimit-nofile 4096 (file handles pass, never fails loudly)"
+    vm-tests/tree-walk.sh --daemon target/debug/daxfsd
     step "vm-tests libvirt tier: libvirtd starts daxfsd from a domain's virtiofs filesystem"
     vm-tests/libvirt.sh --daemon target/debug/daxfsd
 fi

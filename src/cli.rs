@@ -19,6 +19,7 @@ pub enum Cache {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum InodeFileHandles {
     Never,
+    #[value(alias = "fallback")]
     Prefer,
     Mandatory,
 }
@@ -141,8 +142,10 @@ pub struct Options {
     /// Do not forward POSIX and flock locks to the host (the guest then locks locally).
     #[arg(long)]
     pub no_posix_locks: bool,
-    /// How inodes are held: only `never` (O_PATH fds) is implemented; `prefer` falls back to it.
-    #[arg(long, value_enum, default_value_t = InodeFileHandles::Never, require_equals = true, num_args = 0..=1, default_missing_value = "prefer")]
+    /// How inodes are held: `prefer` as file handles where the filesystem and
+    /// CAP_DAC_READ_SEARCH allow (no host fd per inode), O_PATH fds elsewhere; `never` always
+    /// as O_PATH fds; `mandatory` as handles or not at all (the start or the lookup fails).
+    #[arg(long, value_enum, default_value_t = InodeFileHandles::Prefer, require_equals = true, num_args = 0..=1, default_missing_value = "prefer")]
     pub inode_file_handles: InodeFileHandles,
     /// Sandbox: `namespace` (new pid, mount, net, IPC namespaces with the shared directory as
     /// root; a user namespace when not root), `chroot` (root only), or `none`.

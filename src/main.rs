@@ -14,7 +14,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use daxfsd::cli::{self, Cache, InodeFileHandles, LogLevel, Options};
 use daxfsd::dax::{self, Dax, LeasePolicy};
 use daxfsd::device::{DeviceConfig, FsDevice, MAX_TAG_LEN};
-use daxfsd::fs::passthrough::{CachePolicy, Config, DaxFiles, Passthrough};
+use daxfsd::fs::passthrough::{CachePolicy, Config, DaxFiles, FileHandles, Passthrough};
 use daxfsd::fs::sys;
 use daxfsd::fuse::Server;
 use daxfsd::sandbox::{self, CapSet, Confined, Entered, IdMap, SandboxError, SeccompMode};
@@ -28,8 +28,12 @@ enum StartupError {
     Tag,
     #[error("--queue-size must be a power of two between 2 and 32768")]
     QueueSize,
-    #[error("--inode-file-handles=mandatory is not supported yet (use never or prefer)")]
-    FileHandles,
+    #[error(
+        "--inode-file-handles=mandatory: the shared directory cannot be held as a file handle: {0} (it needs \
+         CAP_DAC_READ_SEARCH, which a rootless daemon lacks, and a filesystem that supports file handles; \
+         --inode-file-handles=prefer falls back to O_PATH fds)"
+    )]
+    FileHandles(std::io::Error),
     #[error("cannot set RLIMIT_NOFILE to {0}: {1}")]
     Rlimit(u64, std::io::Error),
     #[error("cannot listen on {0:?}: {1}")]
@@ -210,6 +214,11 @@ fn fs_config(o: &Options, confined: Confined, dax: Option<Arc<Dax>>) -> Config {
         readdirplus: !o.no_readdirplus,
         posix_locks: !o.no_posix_locks,
         guest_fd_quota: o.guest_fd_quota,
+        inode_file_handles: match o.inode_file_handles {
+            InodeFileHandles::Never => FileHandles::Never,
+            InodeFileHandles::Prefer => FileHandles::Prefer,
+            InodeFileHandles::Mandatory => FileHandles::Mandatory,
+        },
     }
 }
 
@@ -285,11 +294,6 @@ fn check_options(o: &Options) -> Result<(), StartupError> {
     if !o.queue_size.is_power_of_two() || o.queue_size < 2 {
         return Err(StartupError::QueueSize);
     }
-    match o.inode_file_handles {
-        InodeFileHandles::Mandatory => return Err(StartupError::FileHandles),
-        InodeFileHandles::Prefer => warn!("file handles are not implemented yet; holding inodes as O_PATH fds"),
-        InodeFileHandles::Never => {}
-    }
     Ok(())
 }
 
@@ -315,6 +319,10 @@ fn confinement(o: &Options, dax: bool) -> Result<Confinement, StartupError> {
         cli::Seccomp::Trap => SeccompMode::Trap,
     };
     let mut caps = CapSet::daemon_default(dax);
+    if o.inode_file_handles != InodeFileHandles::Never {
+        // open_by_handle_at (a rootless daemon never has it where it counts: prefer falls back).
+        caps.insert(sandbox::CAP_DAC_READ_SEARCH);
+    }
     if let Some(spec) = &o.modcaps {
         caps = caps.modify(spec)?;
     }
@@ -373,7 +381,13 @@ fn run() -> Result<u8, StartupError> {
     let dax = make_dax(&o, confined.maps.take(), guard)?;
     let root = confined.root.clone();
     let rootless = confined.rootless;
-    let fs = Passthrough::new(fs_config(&o, confined, dax.clone())).map_err(|e| StartupError::SharedDir(root, e))?;
+    let fs = Passthrough::new(fs_config(&o, confined, dax.clone())).map_err(|e| {
+        if o.inode_file_handles == InodeFileHandles::Mandatory && check_dir(&shared_dir).is_ok() {
+            StartupError::FileHandles(e)
+        } else {
+            StartupError::SharedDir(root, e)
+        }
+    })?;
     let cfg = DeviceConfig {
         tag: o.tag.clone(),
         num_request_queues: usize::from(o.num_request_queues),

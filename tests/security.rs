@@ -310,13 +310,14 @@ fn setlkw_flood_on_a_held_lock_never_blocks_the_workers() {
     }
 }
 
-/// Each inode the guest knows holds an O_PATH fd until its last FORGET. A guest that looks up
-/// names without forgetting them used to take every fd the daemon had; now inodes have a quota
-/// of their own, and past it LOOKUP answers EMFILE while open files, per-request fds and the
-/// daemon's own keep working.
+/// Held as O_PATH fds, each inode the guest knows holds an fd until its last FORGET. A guest
+/// that looks up names without forgetting them used to take every fd the daemon had; now such
+/// inodes have a quota of their own, and past it LOOKUP answers EMFILE while open files,
+/// per-request fds and the daemon's own keep working. (With file handles, the default, the
+/// same flood holds no fds at all: tests/file_handles.rs.)
 #[test]
 fn lookup_flood_hits_the_inode_quota_and_the_daemon_keeps_its_fds() {
-    let mut d = Daemon::start(&["--rlimit-nofile", "2048"]);
+    let mut d = Daemon::start(&["--rlimit-nofile", "2048", "--inode-file-handles=never"]);
     for i in 0..FLOOD {
         std::fs::write(d.path(&format!("n{i}")), b"x").unwrap();
     }

@@ -6,7 +6,7 @@
 
 use std::sync::OnceLock;
 
-use daxfsd::fs::passthrough::{CachePolicy, Config, DaxFiles, Passthrough};
+use daxfsd::fs::passthrough::{CachePolicy, Config, DaxFiles, FileHandles, Passthrough};
 use daxfsd::fuse::Server;
 use daxfsd::fuse::fuzzing::{Harness, Shape};
 use daxfsd_fuzz::tree::Tree;
@@ -47,6 +47,7 @@ fn default_config(tree: &Tree) -> Config {
         allow_direct_io: false,
         readdirplus: true,
         posix_locks: true,
+        inode_file_handles: FileHandles::Prefer,
     }
 }
 

@@ -2,12 +2,26 @@
 //! host operation, so the host kernel applies ownership and permission rules as for the caller.
 //! Restored on drop; failure to restore is logged (the thread keeps serving as the caller).
 
+use std::cell::Cell;
 use std::io;
 
 use log::error;
 
 use super::Context;
 use super::sys;
+
+thread_local! {
+    /// Whether this thread serves as a caller now (a ScopedCreds with a saved identity lives).
+    static SWITCHED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether this thread has taken on a caller's credentials. Under them the host kernel has
+/// dropped the filesystem capabilities from the thread's effective set (setfsuid to a non-zero
+/// id clears CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, ...), so what needs one of
+/// them for the daemon itself (open_by_handle_at) must run before the switch.
+pub fn is_switched() -> bool {
+    SWITCHED.with(Cell::get)
+}
 
 /// Holds a switched identity; dropping it restores the daemon's.
 pub struct ScopedCreds {
@@ -18,6 +32,8 @@ struct Saved {
     uid: u32,
     gid: u32,
     groups: Vec<u32>,
+    /// `is_switched` before this switch.
+    was_switched: bool,
 }
 
 impl ScopedCreds {
@@ -34,11 +50,12 @@ impl ScopedCreds {
         let uid = sys::setfsuid(ctx.uid);
         // setfsuid reports no errors; asking again (with an invalid id) returns the current one.
         if sys::setfsuid(u32::MAX) != ctx.uid || sys::setfsgid(u32::MAX) != ctx.gid {
-            let restore = ScopedCreds { saved: Some(Saved { uid, gid, groups }) };
+            let restore = ScopedCreds { saved: Some(Saved { uid, gid, groups, was_switched: is_switched() }) };
             drop(restore);
             return Err(io::Error::from_raw_os_error(libc::EPERM));
         }
-        Ok(ScopedCreds { saved: Some(Saved { uid, gid, groups }) })
+        let was_switched = SWITCHED.with(|s| s.replace(true));
+        Ok(ScopedCreds { saved: Some(Saved { uid, gid, groups, was_switched }) })
     }
 }
 
@@ -50,7 +67,9 @@ impl Drop for ScopedCreds {
         if let Err(e) = sys::setgroups_thread(&saved.groups) {
             error!("cannot restore supplementary groups: {e}");
         }
-        if sys::setfsuid(u32::MAX) != saved.uid {
+        if sys::setfsuid(u32::MAX) == saved.uid {
+            SWITCHED.with(|s| s.set(saved.was_switched));
+        } else {
             error!("cannot restore fsuid {}", saved.uid);
         }
     }

@@ -424,3 +424,72 @@ pub fn is_read_only(fd: BorrowedFd<'_>) -> io::Result<bool> {
     }
     Ok(fl & libc::O_ACCMODE == libc::O_RDONLY)
 }
+
+/// MAX_HANDLE_SZ of fcntl.h: the largest file handle any filesystem makes.
+const MAX_HANDLE_SZ: usize = MAX_HANDLE_BYTES as usize;
+const MAX_HANDLE_BYTES: u32 = 128;
+
+/// struct file_handle with room for the largest handle.
+#[repr(C)]
+struct RawFileHandle {
+    handle_bytes: u32,
+    handle_type: i32,
+    f_handle: [u8; MAX_HANDLE_SZ],
+}
+
+/// A file handle made by `name_to_handle_at`: the filesystem's opaque bytes and their type.
+/// Only the daemon makes these, from its own fds; none ever comes from the guest.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FileHandle {
+    handle_type: i32,
+    bytes: Box<[u8]>,
+}
+
+/// name_to_handle_at(fd, "", AT_EMPTY_PATH): the handle of the inode `fd` refers to and the
+/// id of the mount it is on. EOPNOTSUPP from a filesystem that cannot make handles.
+pub fn name_to_handle(fd: BorrowedFd<'_>) -> io::Result<(FileHandle, u64)> {
+    let mut raw = RawFileHandle { handle_bytes: MAX_HANDLE_BYTES, handle_type: 0, f_handle: [0; MAX_HANDLE_SZ] };
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: `raw` is a live file_handle whose handle_bytes says how much room follows it, and
+    // `mount_id` a live int; the kernel writes only within both during the call. The path is
+    // the static empty string.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            fd.as_raw_fd(),
+            EMPTY.as_ptr(),
+            &raw mut raw,
+            &raw mut mount_id,
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let len = usize::try_from(raw.handle_bytes).unwrap_or(usize::MAX);
+    let bytes = raw.f_handle.get(..len).ok_or_else(|| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
+    let mount_id = u64::try_from(mount_id).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    Ok((FileHandle { handle_type: raw.handle_type, bytes: bytes.into() }, mount_id))
+}
+
+/// open_by_handle_at(2): opens the inode `handle` names on the filesystem of `mount` (an fd
+/// opened without O_PATH on that mount) with `flags` and O_CLOEXEC. Needs CAP_DAC_READ_SEARCH.
+pub fn open_by_handle(mount: BorrowedFd<'_>, handle: &FileHandle, flags: i32) -> io::Result<OwnedFd> {
+    let mut raw = RawFileHandle {
+        handle_bytes: u32::try_from(handle.bytes.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
+        handle_type: handle.handle_type,
+        f_handle: [0; MAX_HANDLE_SZ],
+    };
+    raw.f_handle
+        .get_mut(..handle.bytes.len())
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?
+        .copy_from_slice(&handle.bytes);
+    // SAFETY: `raw` is a live file_handle holding handle_bytes bytes of handle, which the
+    // kernel only reads; the result is checked before it is wrapped in an OwnedFd.
+    let ret =
+        unsafe { libc::syscall(libc::SYS_open_by_handle_at, mount.as_raw_fd(), &raw mut raw, flags | libc::O_CLOEXEC) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    check_fd(libc::c_int::try_from(ret).map_err(|_| io::Error::from_raw_os_error(libc::EMFILE))?)
+}

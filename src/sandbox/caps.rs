@@ -49,6 +49,7 @@ const NAMES: [&str; 41] = [
 ];
 
 /// capability.h numbers the daemon refers to by name.
+pub const CAP_DAC_READ_SEARCH: u32 = 2;
 pub const CAP_SYS_PTRACE: u32 = 19;
 const CAP_LEASE: u32 = 28;
 

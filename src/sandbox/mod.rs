@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use log::info;
 
-pub use caps::CapSet;
+pub use caps::{CAP_DAC_READ_SEARCH, CapSet};
 pub use idmap::IdMap;
 pub use seccomp::SeccompMode;
 pub use supervisor::MapsClient;

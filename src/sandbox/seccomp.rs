@@ -87,6 +87,9 @@ const DAEMON: &[libc::c_long] = &[
     // files
     libc::SYS_openat,
     libc::SYS_openat2,
+    // inodes held as file handles (--inode-file-handles)
+    libc::SYS_name_to_handle_at,
+    libc::SYS_open_by_handle_at,
     libc::SYS_close,
     libc::SYS_read,
     libc::SYS_write,

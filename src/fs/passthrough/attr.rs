@@ -6,6 +6,8 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
 use super::Passthrough;
+use super::handles::Handle;
+use super::inodes::Inode;
 use crate::fs::cred::ScopedCreds;
 use crate::fs::{Attr, Context, HandleId, NodeId, SetAttr, TimeSet, sys};
 
@@ -44,30 +46,52 @@ impl Passthrough {
     ) -> io::Result<(Attr, Duration)> {
         let inode = self.inode(node)?;
         let handle = fh.map(|fh| self.handles.get(fh, node)).transpose()?;
-        let proc_name = sys::fd_name(inode.path_fd());
+        // Opened as the daemon, before the switch: an inode held as a file handle cannot be
+        // opened under the caller's credentials (see `cred::is_switched`). Only the changes
+        // themselves run as the caller; the stat that answers does not need to.
+        let path = inode.path_fd()?;
+        {
+            let _creds = ScopedCreds::switch(ctx)?;
+            self.apply_setattr(&inode, handle.as_deref(), path.as_fd(), &set)?;
+        }
+        let (attr, mnt_id) = self.dax_stat_at(&inode, path.as_fd())?;
+        Ok((self.decorate(attr, mnt_id, None), self.cfg.cache.timeout()))
+    }
+
+    /// The changes of a SETATTR, made as the caller (whose credentials are on) so the host
+    /// applies the ownership and permission rules. Through `handle` when the guest sent one,
+    /// else through `path` (an O_PATH fd the daemon opened) and /proc/self/fd.
+    fn apply_setattr(
+        &self,
+        inode: &Inode,
+        handle: Option<&Handle>,
+        path: BorrowedFd<'_>,
+        set: &SetAttr,
+    ) -> io::Result<()> {
+        let proc_name = sys::fd_name(path);
         let proc_fd = self.proc_fd.as_fd();
-        let _creds = ScopedCreds::switch(ctx)?;
         if let Some(mode) = set.mode {
-            match &handle {
+            match handle {
                 Some(h) => sys::fchmod(h.as_fd(), mode)?,
                 None => sys::fchmodat(proc_fd, &proc_name, mode)?,
             }
         }
         if set.uid.is_some() || set.gid.is_some() {
-            sys::fchown(inode.path_fd(), set.uid.unwrap_or(u32::MAX), set.gid.unwrap_or(u32::MAX))?;
+            sys::fchown(path, set.uid.unwrap_or(u32::MAX), set.gid.unwrap_or(u32::MAX))?;
         }
         if let Some(size) = set.size {
             let reopened;
-            let fd = match &handle {
+            let fd = match handle {
                 // The guest checked write access when it opened the handle.
                 Some(h) => h.as_fd(),
                 None => {
-                    reopened = self.io_fd(&inode, libc::O_WRONLY)?;
+                    // An open for write as the caller: the host checks its write permission.
+                    reopened = self.io_fd_at(inode, path, libc::O_WRONLY)?;
                     reopened.as_fd()
                 }
             };
-            if self.is_dax_inode(&inode) {
-                self.dax_truncate(&inode, fd, size)?;
+            if self.is_dax_inode(inode) {
+                self.dax_truncate(inode, fd, size)?;
             } else {
                 sys::ftruncate(fd, size)?;
             }
@@ -77,12 +101,11 @@ impl Passthrough {
         }
         if set.atime != TimeSet::Omit || set.mtime != TimeSet::Omit {
             let times = [timespec(set.atime), timespec(set.mtime)];
-            match &handle {
+            match handle {
                 Some(h) => sys::futimens(h.as_fd(), &times)?,
                 None => sys::utimensat(proc_fd, &proc_name, &times)?,
             }
         }
-        let (attr, mnt_id) = self.dax_stat(&inode)?;
-        Ok((self.decorate(attr, mnt_id, None), self.cfg.cache.timeout()))
+        Ok(())
     }
 }

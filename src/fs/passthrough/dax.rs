@@ -102,10 +102,28 @@ impl Passthrough {
     /// An fd for host I/O on `inode` that never breaks our own lease: the shared file for DAX
     /// inodes, a fresh open otherwise.
     pub(super) fn io_fd(&self, inode: &Inode, flags: i32) -> io::Result<IoFd> {
-        if let Some(f) = inode.dax_file.lock().ok().and_then(|s| s.as_ref().map(|f| Arc::clone(&f.fd))) {
+        match Self::dax_file_of(inode) {
+            Some(f) => Ok(IoFd::Shared(f)),
+            None => self.reopen(inode, flags).map(IoFd::Own),
+        }
+    }
+
+    /// `io_fd` under a caller's credentials, with `path` an O_PATH fd of the inode the daemon
+    /// opened before the switch: a fresh open goes through it and /proc/self/fd, as the caller
+    /// (so the host checks the caller's permission), never through the inode's file handle.
+    pub(super) fn io_fd_at(&self, inode: &Inode, path: BorrowedFd<'_>, flags: i32) -> io::Result<IoFd> {
+        if let Some(f) = Self::dax_file_of(inode) {
             return Ok(IoFd::Shared(f));
         }
-        self.reopen(inode, flags).map(IoFd::Own)
+        // As in `reopen`: the type is checked before anything is opened.
+        if !inode.is_openable() {
+            return Err(errno(libc::EBADF));
+        }
+        self.reopen_fd(path, flags).map(IoFd::Own)
+    }
+
+    fn dax_file_of(inode: &Inode) -> Option<Arc<OwnedFd>> {
+        inode.dax_file.lock().ok().and_then(|s| s.as_ref().map(|f| Arc::clone(&f.fd)))
     }
 
     /// Runs `op` under the inode's shared semaphore (any regular file of a DAX session: its
@@ -137,10 +155,16 @@ impl Passthrough {
     /// statx of an inode, never seeing the padded size (see `dax_stable`).
     /// The guest revalidates here: copies of the file made before a host change are made again.
     pub(super) fn dax_stat(&self, inode: &Inode) -> io::Result<(crate::fs::Attr, u64)> {
+        let path = inode.path_fd()?;
+        self.dax_stat_at(inode, path.as_fd())
+    }
+
+    /// `dax_stat` through `path`, an O_PATH fd of the inode already open.
+    pub(super) fn dax_stat_at(&self, inode: &Inode, path: BorrowedFd<'_>) -> io::Result<(crate::fs::Attr, u64)> {
         if let Some(dax) = self.dax_session() {
             dax.revalidate_copies(InodeId(inode.nodeid.0));
         }
-        self.dax_stable(inode, || sys::statx(inode.path_fd()))
+        self.dax_stable(inode, || sys::statx(path))
     }
 
     /// Truncates a DAX inode: shrinks go through the window's cut/re-install (I4).

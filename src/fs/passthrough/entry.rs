@@ -23,12 +23,13 @@ impl Passthrough {
         self.check_writable()?;
         check_name(name)?;
         // A node the guest could not look up afterwards is not made at all.
-        self.inode_quota.check()?;
+        self.check_inode_quota()?;
         let parent = self.inode(parent)?;
         {
+            let dir = parent.path_fd()?;
             let _creds = ScopedCreds::switch(ctx)?;
             let _umask = ScopedUmask::set(self.create_umask(umask));
-            op(parent.path_fd())?;
+            op(dir.as_fd())?;
         }
         self.do_lookup(&parent, name)
     }
@@ -54,8 +55,9 @@ impl Passthrough {
         self.check_writable()?;
         check_name(name)?;
         let parent = self.inode(parent)?;
+        let dir = parent.path_fd()?;
         let _creds = ScopedCreds::switch(ctx)?;
-        sys::unlinkat(parent.path_fd(), name, flags)
+        sys::unlinkat(dir.as_fd(), name, flags)
     }
 
     pub(super) fn do_rename(
@@ -70,13 +72,15 @@ impl Passthrough {
         check_name(to.1)?;
         let old = self.inode(from.0)?;
         let new = self.inode(to.0)?;
+        let (old_dir, new_dir) = (old.path_fd()?, new.path_fd()?);
         let _creds = ScopedCreds::switch(ctx)?;
-        sys::renameat2(old.path_fd(), from.1, new.path_fd(), to.1, flags)
+        sys::renameat2(old_dir.as_fd(), from.1, new_dir.as_fd(), to.1, flags)
     }
 
     pub(super) fn do_link(&self, ctx: &Context, node: NodeId, parent: NodeId, name: &CStr) -> io::Result<Entry> {
         let inode = self.inode(node)?;
-        let proc_name = sys::fd_name(inode.path_fd());
+        let path = inode.path_fd()?;
+        let proc_name = sys::fd_name(path.as_fd());
         let proc_fd = self.proc_fd.as_fd();
         // /proc/self/fd/N followed with AT_SYMLINK_FOLLOW names the inode itself.
         self.make_node(ctx, parent, name, 0, |dir| sys::linkat(proc_fd, &proc_name, dir, name, libc::AT_SYMLINK_FOLLOW))
@@ -88,9 +92,9 @@ impl Passthrough {
         if mask & libc::W_OK != 0 {
             self.check_writable()?;
         }
+        let path = inode.path_fd()?;
         let _creds = ScopedCreds::switch(ctx)?;
-        let name = sys::fd_name(inode.path_fd());
-        sys::faccessat(self.proc_fd.as_fd(), &name, mask)
+        sys::faccessat(self.proc_fd.as_fd(), &sys::fd_name(path.as_fd()), mask)
     }
 
     /// CREATE (with a name) or TMPFILE (without): creates, opens and looks up in one go.
@@ -105,7 +109,7 @@ impl Passthrough {
         if let Some(name) = name {
             check_name(name)?;
         }
-        self.inode_quota.check()?;
+        self.check_inode_quota()?;
         let parent_inode = self.inode(parent)?;
         let guest = i32::from_ne_bytes(p.flags.to_ne_bytes());
         let mut flags = self.host_open_flags(p.flags) | libc::O_NOFOLLOW;
@@ -165,21 +169,22 @@ impl Passthrough {
         flags: i32,
     ) -> io::Result<OwnedFd> {
         let mode = p.mode & 0o7777;
+        let dir = parent.path_fd()?;
         let _creds = ScopedCreds::switch(ctx)?;
         let _umask = ScopedUmask::set(self.create_umask(p.umask));
         let Some(name) = name else {
             // O_TMPFILE makes a new unnamed regular file in a directory: it opens nothing else.
-            return sys::openat(parent.path_fd(), c".", (flags & !libc::O_NOFOLLOW) | libc::O_TMPFILE, mode);
+            return sys::openat(dir.as_fd(), c".", (flags & !libc::O_NOFOLLOW) | libc::O_TMPFILE, mode);
         };
         let guest_excl = i32::from_ne_bytes(p.flags.to_ne_bytes()) & libc::O_EXCL != 0;
         let mut last = errno(libc::ENOENT);
         // Another host process may unlink the name between the two steps: then create again.
         for _ in 0..CREATE_ATTEMPTS {
-            match sys::openat_beneath(parent.path_fd(), name, flags | libc::O_CREAT | libc::O_EXCL, mode) {
+            match sys::openat_beneath(dir.as_fd(), name, flags | libc::O_CREAT | libc::O_EXCL, mode) {
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) && !guest_excl => {}
                 done => return done,
             }
-            match self.open_existing(parent, name, flags, p.flags) {
+            match self.open_existing(dir.as_fd(), name, flags, p.flags) {
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => last = e,
                 done => return done,
             }
@@ -193,8 +198,8 @@ impl Passthrough {
     /// A file mapped through the window is not opened again (that open would break the
     /// daemon's own lease, I5): its shared file is reused, after the open's permission check
     /// (as the caller, like the open would).
-    fn open_existing(&self, parent: &Inode, name: &CStr, flags: i32, guest_flags: u32) -> io::Result<OwnedFd> {
-        let path = sys::openat_beneath(parent.path_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+    fn open_existing(&self, dir: BorrowedFd<'_>, name: &CStr, flags: i32, guest_flags: u32) -> io::Result<OwnedFd> {
+        let path = sys::openat_beneath(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         let (attr, mnt_id) = sys::statx(path.as_fd())?;
         match attr.mode & libc::S_IFMT {
             libc::S_IFREG => {
@@ -227,7 +232,7 @@ impl Passthrough {
         let path_fd = sys::openat(self.proc_fd.as_fd(), &name, libc::O_PATH, 0)?;
         let (attr, mnt_id) = sys::statx(path_fd.as_fd())?;
         let key = InodeKey { dev: attr.dev, ino: attr.ino, mnt_id };
-        let nodeid = self.inodes.lookup_or_insert(key, attr.mode & libc::S_IFMT, path_fd, &self.inode_quota)?;
+        let nodeid = self.insert_inode(key, attr.mode & libc::S_IFMT, path_fd)?;
         Ok(self.entry(nodeid, self.decorate(attr, mnt_id, None)))
     }
 }

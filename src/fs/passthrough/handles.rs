@@ -12,7 +12,7 @@ use crate::fs::HandleId;
 
 /// One open host file description.
 pub struct Handle {
-    /// The host fd, opened through /proc/self/fd from the inode's O_PATH fd.
+    /// The host fd, opened from the inode's file handle or through /proc/self/fd.
     pub fd: OwnedFd,
     /// The inode it was opened from.
     pub inode: Arc<Inode>,

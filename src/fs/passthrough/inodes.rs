@@ -1,12 +1,13 @@
-//! The inode table: guest node ids -> host inodes held as O_PATH fds, deduplicated by
-//! (st_dev, st_ino, mount id), with FUSE lookup counts. Owns no policy.
+//! The inode table: guest node ids -> host inodes held as file handles or O_PATH fds,
+//! deduplicated by (st_dev, st_ino, mount id), with FUSE lookup counts. Owns no policy.
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use super::file_handles::{InodeRepr, PathFd};
 use super::quota::{FdPermit, FdQuota};
 use crate::fs::{NodeId, ROOT_ID};
 
@@ -40,8 +41,8 @@ pub struct DaxFile {
 /// One host inode the guest knows.
 #[derive(Debug)]
 pub struct Inode {
-    /// An O_PATH|O_NOFOLLOW fd for the inode.
-    pub fd: OwnedFd,
+    /// The inode: a file handle, or an O_PATH|O_NOFOLLOW fd.
+    pub repr: InodeRepr,
     /// Its identity.
     pub key: InodeKey,
     /// The S_IFMT bits: fixed for an inode's life.
@@ -54,14 +55,15 @@ pub struct Inode {
     pub lock_owners: Mutex<HashMap<u64, LockOwner>>,
     /// The one open file DAX uses for this inode (mappings, guest handles, lease).
     pub dax_file: Mutex<Option<DaxFile>>,
-    /// The O_PATH fd's share of the guest's fd quota (None for the root, which is ours).
+    /// Its share of the guest's quota of inodes held as fds, or as handles (None for the
+    /// root, which is ours).
     _permit: Option<FdPermit>,
 }
 
 impl Inode {
-    /// The O_PATH fd.
-    pub fn path_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+    /// An O_PATH fd of the inode for one operation (opened from its handle, if it has one).
+    pub fn path_fd(&self) -> io::Result<PathFd<'_>> {
+        self.repr.path_fd()
     }
 
     /// Whether this inode may be opened for I/O (regular files and directories only).
@@ -110,12 +112,12 @@ impl InodeTable {
     }
 
     /// Installs the root (lookup count 2, never forgotten).
-    pub fn set_root(&self, fd: OwnedFd, key: InodeKey) -> io::Result<()> {
+    pub fn set_root(&self, repr: InodeRepr, key: InodeKey) -> io::Result<()> {
         let mut t = self.tables.write().map_err(|_| stale())?;
         t.by_id.clear();
         t.by_key.clear();
         let root = Inode {
-            fd,
+            repr,
             key,
             file_type: libc::S_IFDIR,
             nodeid: ROOT_ID,
@@ -129,9 +131,26 @@ impl InodeTable {
         Ok(())
     }
 
-    /// Adds one lookup of the inode `key`, inserting it with `fd` if new. Returns its node id.
-    /// A new inode keeps its fd against `quota` (EMFILE past it, and `fd` is closed).
-    pub fn lookup_or_insert(&self, key: InodeKey, file_type: u32, fd: OwnedFd, quota: &FdQuota) -> io::Result<NodeId> {
+    /// Adds one lookup of the inode `key` if the table has it; returns its node id.
+    pub fn add_lookup(&self, key: &InodeKey) -> io::Result<Option<NodeId>> {
+        let t = self.tables.read().map_err(|_| stale())?;
+        let found = t.by_key.get(key).and_then(|id| t.by_id.get(id));
+        Ok(found.map(|inode| {
+            inode.refs.fetch_add(1, Ordering::Relaxed);
+            inode.nodeid
+        }))
+    }
+
+    /// Adds one lookup of the inode `key`, inserting it held as `repr` if new (another lookup
+    /// may have inserted it meanwhile: `repr` is then dropped). Returns its node id.
+    /// A new inode takes a permit of `quota` (EMFILE past it, and `repr` is dropped).
+    pub fn lookup_or_insert(
+        &self,
+        key: InodeKey,
+        file_type: u32,
+        repr: InodeRepr,
+        quota: &FdQuota,
+    ) -> io::Result<NodeId> {
         let mut t = self.tables.write().map_err(|_| stale())?;
         if let Some(id) = t.by_key.get(&key).copied()
             && let Some(inode) = t.by_id.get(&id)
@@ -142,7 +161,7 @@ impl InodeTable {
         let permit = quota.acquire()?;
         let nodeid = NodeId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let inode = Inode {
-            fd,
+            repr,
             key,
             file_type,
             nodeid,

@@ -1,12 +1,14 @@
 //! The passthrough filesystem: serves a host directory to the guest. Every guest name is
-//! resolved relative to its parent's O_PATH fd and kept beneath it; FIFOs, sockets and device
-//! nodes are never opened for I/O. The ops live by family in the sibling files.
+//! resolved relative to its parent's O_PATH fd (opened from its file handle when it has one)
+//! and kept beneath it; FIFOs, sockets and device nodes are never opened for I/O. The ops
+//! live by family in the sibling files.
 
 mod attr;
 mod dax;
 mod dir;
 mod entry;
 mod file;
+mod file_handles;
 mod handles;
 mod inodes;
 mod lock;
@@ -22,6 +24,8 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use self::dax::DaxFiles;
+pub use self::file_handles::FileHandles;
+use self::file_handles::{InodeRepr, MountFds};
 use self::handles::{HandleTable, OpenMode};
 use self::inodes::{Inode, InodeKey, InodeTable};
 use self::quota::FdQuota;
@@ -79,6 +83,8 @@ pub struct Config {
     /// Most host fds held open for the guest at once (`--guest-fd-quota`): handles, lock
     /// owners' files, DAX shared files. 0 = computed from RLIMIT_NOFILE at startup.
     pub guest_fd_quota: usize,
+    /// Whether inodes are held as file handles (`--inode-file-handles`).
+    pub inode_file_handles: FileHandles,
 }
 
 /// The passthrough filesystem.
@@ -92,8 +98,12 @@ pub struct Passthrough {
     handles: HandleTable,
     /// Host fds the guest may keep open (EMFILE past it).
     quota: FdQuota,
-    /// The guest's quota of inodes (each holds an O_PATH fd until its last FORGET).
+    /// The guest's quota of inodes held as O_PATH fds (one fd each until the last FORGET).
     inode_quota: FdQuota,
+    /// The guest's quota of inodes held as file handles (memory only).
+    handle_quota: FdQuota,
+    /// The mount fds file handles open on, and where handles cannot be used.
+    mounts: MountFds,
     /// Mixed into every entry's generation, so node ids reused by a restarted daemon differ.
     generation: u64,
     /// Writeback cache negotiated in this session.
@@ -104,8 +114,25 @@ pub struct Passthrough {
     dax_mode: AtomicU8,
 }
 
+/// The most inodes the guest may hold as file handles at once (each costs the daemon memory,
+/// about 200 bytes, and no fd); past it LOOKUP answers EMFILE, as past the fd quota.
+const MAX_HANDLE_INODES: usize = 1 << 22;
+
 fn errno(e: i32) -> io::Error {
     io::Error::from_raw_os_error(e)
+}
+
+/// `fd` if it is a regular file or a directory; closed with EBADF otherwise (defence in depth
+/// after an open for I/O).
+fn checked_type(fd: OwnedFd) -> io::Result<OwnedFd> {
+    let mode = sys::statx(fd.as_fd())?.0.mode;
+    match mode & libc::S_IFMT {
+        libc::S_IFREG | libc::S_IFDIR => Ok(fd),
+        other => {
+            crate::log_limit::error_limited!("reopen gave a non-regular file (type {other:#o}); closed it");
+            Err(errno(libc::EBADF))
+        }
+    }
 }
 
 /// Rejects names the guest may not use: empty, containing '/', "." or "..".
@@ -134,6 +161,7 @@ impl Passthrough {
             quota.limit(),
             inode_quota.limit()
         );
+        let cfg_handles = cfg.inode_file_handles;
         let generation = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(1).max(1);
         let fs = Passthrough {
             cfg,
@@ -143,6 +171,8 @@ impl Passthrough {
             handles: HandleTable::new(),
             quota,
             inode_quota,
+            handle_quota: FdQuota::new(MAX_HANDLE_INODES),
+            mounts: MountFds::new(cfg_handles),
             generation,
             writeback: AtomicBool::new(false),
             posix_acl: AtomicBool::new(false),
@@ -155,7 +185,39 @@ impl Passthrough {
     fn install_root(&self) -> io::Result<()> {
         let fd = sys::openat(self.root_fd.as_fd(), c".", libc::O_PATH | libc::O_DIRECTORY, 0)?;
         let (attr, mnt_id) = sys::statx(fd.as_fd())?;
-        self.inodes.set_root(fd, InodeKey { dev: attr.dev, ino: attr.ino, mnt_id })
+        let key = InodeKey { dev: attr.dev, ino: attr.ino, mnt_id };
+        let repr = self.hold(fd, &key, libc::S_IFDIR)?;
+        if repr.is_handle() {
+            log::info!("inodes are held as file handles (--inode-file-handles={:?})", self.cfg.inode_file_handles);
+        }
+        self.inodes.set_root(repr, key)
+    }
+
+    /// Whether inodes of the shared directory's own mount are held as file handles.
+    pub fn holds_file_handles(&self) -> bool {
+        self.inodes.get(crate::fs::ROOT_ID).is_ok_and(|i| i.repr.is_handle())
+    }
+
+    /// How to hold the inode behind the O_PATH fd `fd`: a file handle where possible.
+    fn hold(&self, fd: OwnedFd, key: &InodeKey, file_type: u32) -> io::Result<InodeRepr> {
+        self.mounts.hold(fd, key, file_type, |fd, flags| self.reopen_fd(fd, flags))
+    }
+
+    /// Adds one lookup of the inode behind the O_PATH fd `fd`, inserting it if new, against
+    /// the quota of how it is held (fds: EMFILE past it). Returns its node id.
+    fn insert_inode(&self, key: InodeKey, file_type: u32, fd: OwnedFd) -> io::Result<NodeId> {
+        if let Some(id) = self.inodes.add_lookup(&key)? {
+            return Ok(id);
+        }
+        let repr = self.hold(fd, &key, file_type)?;
+        let quota = if repr.is_handle() { &self.handle_quota } else { &self.inode_quota };
+        self.inodes.lookup_or_insert(key, file_type, repr, quota)
+    }
+
+    /// EMFILE if a new inode could not be kept (checked before making a node the guest could
+    /// then not look up).
+    fn check_inode_quota(&self) -> io::Result<()> {
+        if self.mounts.is_enabled() { self.handle_quota.check() } else { self.inode_quota.check() }
     }
 
     fn inode(&self, node: NodeId) -> io::Result<Arc<Inode>> {
@@ -166,15 +228,20 @@ impl Passthrough {
         if self.cfg.readonly { Err(errno(libc::EROFS)) } else { Ok(()) }
     }
 
-    /// Opens an inode for I/O through /proc/self/fd (regular files and directories only).
-    /// Every host open made for guest I/O goes through here or `reopen_fd`.
+    /// Opens an inode for I/O, from its file handle or through /proc/self/fd (regular files
+    /// and directories only). Every host open made for guest I/O goes through here or
+    /// `reopen_fd`.
     fn reopen(&self, inode: &Inode, flags: i32) -> io::Result<OwnedFd> {
         // The type check comes before the open: an open(2) of a FIFO blocks and one of a
         // device runs its driver, so checking the fd afterwards would be too late.
         if !inode.is_openable() {
             return Err(errno(libc::EBADF));
         }
-        self.reopen_fd(inode.path_fd(), flags)
+        let flags = flags & !(libc::O_NOFOLLOW | libc::O_CREAT | libc::O_EXCL);
+        match inode.repr.open_handle(flags) {
+            Some(fd) => checked_type(fd?),
+            None => self.reopen_fd(inode.path_fd()?.as_fd(), flags),
+        }
     }
 
     /// Opens the inode behind the O_PATH fd `path` through /proc/self/fd, for an inode the
@@ -183,15 +250,7 @@ impl Passthrough {
     fn reopen_fd(&self, path: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
         let name = sys::fd_name(path);
         let flags = flags & !(libc::O_NOFOLLOW | libc::O_CREAT | libc::O_EXCL);
-        let fd = sys::openat(self.proc_fd.as_fd(), &name, flags, 0)?;
-        let mode = sys::statx(fd.as_fd())?.0.mode;
-        match mode & libc::S_IFMT {
-            libc::S_IFREG | libc::S_IFDIR => Ok(fd),
-            other => {
-                crate::log_limit::error_limited!("reopen gave a non-regular file (type {other:#o}); closed it");
-                Err(errno(libc::EBADF))
-            }
-        }
+        checked_type(sys::openat(self.proc_fd.as_fd(), &name, flags, 0)?)
     }
 
     /// Finishes an attribute set for the guest: submount and DAX flags.
@@ -212,10 +271,10 @@ impl Passthrough {
 
     /// Looks up `name` in `parent` and returns an Entry holding one new lookup reference.
     fn do_lookup(&self, parent: &Inode, name: &CStr) -> io::Result<Entry> {
-        let fd = sys::openat_beneath(parent.path_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        let fd = sys::openat_beneath(parent.path_fd()?.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         let (attr, mnt_id) = sys::statx(fd.as_fd())?;
         let key = InodeKey { dev: attr.dev, ino: attr.ino, mnt_id };
-        let nodeid = self.inodes.lookup_or_insert(key, attr.mode & libc::S_IFMT, fd, &self.inode_quota)?;
+        let nodeid = self.insert_inode(key, attr.mode & libc::S_IFMT, fd)?;
         // A file mapped through DAX may have been padded at that instant: stat it again, stably.
         let attr = match self.dax_session().map(|_| self.inode(nodeid)) {
             Some(Ok(inode)) if inode.dax_file.lock().is_ok_and(|f| f.is_some()) => self.dax_stat(&inode)?.0,
@@ -329,7 +388,7 @@ impl Filesystem for Passthrough {
         if inode.file_type != libc::S_IFLNK {
             return Err(errno(libc::EINVAL));
         }
-        sys::readlink(inode.path_fd())
+        sys::readlink(inode.path_fd()?.as_fd())
     }
 
     fn symlink(&self, ctx: &Context, parent: NodeId, name: &CStr, target: &CStr) -> io::Result<Entry> {
@@ -405,7 +464,8 @@ impl Filesystem for Passthrough {
     }
 
     fn statfs(&self, _ctx: &Context, node: NodeId) -> io::Result<StatFs> {
-        sys::fstatvfs(self.inode(node)?.path_fd())
+        let inode = self.inode(node)?;
+        sys::fstatvfs(inode.path_fd()?.as_fd())
     }
 
     fn release(&self, _ctx: &Context, node: NodeId, fh: HandleId, lock_owner: Option<u64>) -> io::Result<()> {
