@@ -1,6 +1,7 @@
 //! The vhost-user glue: virtio-fs features, config space, queues, and the path from a kick to
-//! a completed request. Requests from every queue run on the worker pool; a reply is added to
-//! the used ring only after the filesystem finished the operation.
+//! a completed request. Requests from every queue run on the worker pool, or on the queue's
+//! thread when one is alone on its ring; a reply is added to the used ring only after the
+//! filesystem finished the operation.
 
 mod inflight;
 mod mapper;
