@@ -134,22 +134,24 @@ mkfile randread1.0.0 "$rand_kib"
 for j in 0 1 2 3; do mkfile "randread4.$j.0" "$((rand_kib / 4))"; done
 mkfile mmapread.0.0 "$rand_kib"
 
-# Configurations: name, daemon, run-vm arguments.
+# Configurations: name, daemon, run-vm arguments. daxfsd gets --once: it exits with its
+# frontend, as virtiofsd does, instead of waiting for the next one (run-vm.sh would stop it).
 declare -A cfg_daemon cfg_args
 cfg_daemon[dx-auto]=$daemon
-cfg_args[dx-auto]="--device fs --daemon-arg=--cache=auto --test mount,bench-fio,bench-meta"
+cfg_args[dx-auto]="--device fs --daemon-arg=--once --daemon-arg=--cache=auto --test mount,bench-fio,bench-meta"
 cfg_daemon[vf-auto]=$virtiofsd
 cfg_args[vf-auto]="--device fs --daemon-arg=--cache=auto --test mount,bench-fio,bench-meta"
 cfg_daemon[dx-never]=$daemon
-cfg_args[dx-never]="--device fs --daemon-arg=--cache=never --test mount,bench-fio"
+cfg_args[dx-never]="--device fs --daemon-arg=--once --daemon-arg=--cache=never --test mount,bench-fio"
 # virtiofsd maps direct-I/O files only with --allow-mmap (daxfsd always allows it).
 cfg_daemon[vf-never]=$virtiofsd
 cfg_args[vf-never]="--device fs --daemon-arg=--cache=never --daemon-arg=--allow-mmap --test mount,bench-fio"
 cfg_daemon[dax]=$daemon
-cfg_args[dax]="--device dax --mount-opts dax=always --daemon-arg=--cache=auto --daemon-arg=--dax-window=512M --test mount,bench-fio,bench-meta"
+cfg_args[dax]="--device dax --mount-opts dax=always --daemon-arg=--once --daemon-arg=--cache=auto --daemon-arg=--dax-window=512M --test mount,bench-fio,bench-meta"
 order=(dx-auto vf-auto dx-never vf-never)
 ((dax)) && order+=(dax)
 
+# One line per number: CONFIG KEY VALUE ROUND.
 raw=$log_dir/raw.txt
 : >"$raw"
 
@@ -159,14 +161,16 @@ boot() {
     local -a args
     read -r -a args <<<"${cfg_args[$c]}"
     log "round $r/$rounds: $c"
-    # Under the lock, the host's 1-minute load average is noted before and after the boot:
-    # other work on the machine slows a TCG guest, and the table says how much there was.
+    # Under the lock, the time and the host's 1-minute load average are noted before and
+    # after the boot ("EPOCH LOAD" lines): other work on the machine slows a TCG guest, and
+    # the table says how much there was, and how long the boots waited for the lock.
+    echo "$(date +%s) -" >"$logs.load"
     # shellcheck disable=SC2016  # expanded by the inner bash
     flock "${DAXFSD_VM_LOCK:-/tmp/daxfsd-vm.lock}" bash -c '
         load=$1; shift
-        cut -d" " -f1 /proc/loadavg >"$load"
+        echo "$(date +%s) $(cut -d" " -f1 /proc/loadavg)" >>"$load"
         rc=0; "$@" || rc=$?
-        cut -d" " -f1 /proc/loadavg >>"$load"
+        echo "$(date +%s) $(cut -d" " -f1 /proc/loadavg)" >>"$load"
         exit "$rc"' bench-boot "$logs.load" "$here/run-vm.sh" --daemon "${cfg_daemon[$c]}" \
         --accel "$accel" --cpus 2 --timeout "$timeout" --share "$share" --initrd "$work/initramfs.cpio.gz" \
         --log-dir "$logs" "${args[@]}" >"$logs.out" 2>&1 || rc=$?
@@ -176,19 +180,19 @@ boot() {
         log "round $r/$rounds: $c FAILED (status $rc); see $logs.out"
         return 0
     fi
-    tr -d '\r' <"$logs/serial.log" | awk -v c="$c" '
+    tr -d '\r' <"$logs/serial.log" | awk -v c="$c" -v r="$r" '
         /^DAXFSD-INFO bench-fio job=/ {
             for (i = 3; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
             j = v["job"]
-            if (j == "seqread") print c, j, v["read_kib_s"] / 1024
-            else if (j == "seqwrite") print c, j, v["write_kib_s"] / 1024
-            else print c, j, v["read_iops"]
+            if (j == "seqread") print c, j, v["read_kib_s"] / 1024, r
+            else if (j == "seqwrite") print c, j, v["write_kib_s"] / 1024, r
+            else print c, j, v["read_iops"], r
         }
         /^DAXFSD-INFO bench-meta threads=/ {
             for (i = 3; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
             for (i = 3; i <= NF; i++) {
                 split($i, kv, "=")
-                if (kv[1] != "threads" && kv[1] != "files" && kv[1] != "size") print c, kv[1] "/t" v["threads"], kv[2]
+                if (kv[1] != "threads" && kv[1] != "files" && kv[1] != "size") print c, kv[1] "/t" v["threads"], kv[2], r
             }
         }' >>"$raw"
     log "round $r/$rounds: $c done in $((SECONDS - t0)) s"
@@ -249,7 +253,7 @@ done
 {
     echo "Guest benchmark: $rounds round(s), accel=$accel, 2 vCPUs, QEMU $DAXFSD_VM_QEMU_VERSION," \
         "guest kernel $DAXFSD_VM_KERNEL_VERSION, vhost-user-fs-pci, 1 request queue;" \
-        "daxfsd $("$daemon" --version 2>/dev/null | head -n 1 || echo '?') (defaults)," \
+        "$("$daemon" --version 2>/dev/null | head -n 1 || echo 'daxfsd ?') (defaults)," \
         "$("$virtiofsd" --version 2>/dev/null | head -n 1 || echo 'virtiofsd ?') (defaults)."
     echo "Rates, higher is better. ratio = daxfsd median / virtiofsd median: > 1 means daxfsd is faster."
     ((dax)) && echo "dax=always: daxfsd with a 512 MiB DAX window, the guest mounted with -o dax=always (generic vhost-user device), cache=auto."
@@ -277,9 +281,15 @@ done
         echo "$line"
     done
     echo
-    echo "Run time: $((elapsed / 60)) min $((elapsed % 60)) s (${#order[@]} boots per round)." \
-        "Host 1-minute load average at the start and end of each boot (2 cores):" \
-        "$(cat "$log_dir"/*.load 2>/dev/null | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print (NR ? lo "–" hi : "-") }')."
+    cat "$log_dir"/*.load 2>/dev/null | awk -v total="$elapsed" -v n="${#order[@]}" '
+        $2 == "-" { asked = $1; k = 0; next }
+        { k++; if (k == 1) { wait += $1 - asked; start = $1 } else { boots += $1 - start }
+          if (!seen++ || $2 < lo) lo = $2; if ($2 > hi) hi = $2 }
+        END {
+            printf "Run time: %d min %d s (%d boots per round): %d min %d s in boots, %d min %d s waiting for the VM lock.",
+                total / 60, total % 60, n, boots / 60, boots % 60, wait / 60, wait % 60
+            printf " Host 1-minute load average at the start and end of the boots (2 cores): %s–%s.\n", lo, hi
+        }'
 } | tee "$log_dir/table.md"
 
 if ((${#failed[@]})); then
