@@ -33,9 +33,10 @@ daxfsd_vm_env_main() {
     local min_qemu=11.1
     # qemu-system-x86 alone misses the firmware it loads at run time when
     # Recommends are off: seabios (bios-256k.bin) and qemu-system-data
-    # (option ROMs such as linuxboot_dma.bin, kvmvapic.bin).
+    # (option ROMs such as linuxboot_dma.bin, kvmvapic.bin). fio is for the guest benchmark
+    # (vm-tests/bench.sh), which copies it and its libraries into the initramfs.
     local -a packages=(qemu-system-x86 qemu-system-data seabios
-        linux-image-amd64 busybox-static)
+        linux-image-amd64 busybox-static fio)
     local -a host_packages=(mmdebstrap cpio gzip util-linux)
     local rebuild=0
 

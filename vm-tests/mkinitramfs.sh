@@ -10,6 +10,10 @@
 #   -o, --output OUT   initramfs to write (required)
 #   --busybox PATH     static busybox (default: the one in the env.sh tree)
 #   --init FILE        init script (default: vm-tests/guest/init)
+#   --tree-program P   copy the dynamically linked program P (a path inside
+#                      the env.sh tree, e.g. /usr/bin/fio) to the same path,
+#                      with every library it needs (resolved by ldd in the
+#                      tree) at its tree path; repeatable
 #   SRC[:DEST]         extra file copied to DEST in the initramfs (default
 #                      DEST: /bin/<basename of SRC>). Guest programs must be
 #                      statically linked (Rust: RUSTFLAGS='-C
@@ -25,6 +29,7 @@ out=
 busybox=
 init=$here/guest/init
 extras=()
+tree_programs=()
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 die() { printf 'mkinitramfs.sh: %s\n' "$*" >&2; exit 1; }
@@ -34,6 +39,7 @@ while (($#)); do
         -o | --output) out=${2:?}; shift 2 ;;
         --busybox) busybox=${2:?}; shift 2 ;;
         --init) init=${2:?}; shift 2 ;;
+        --tree-program) tree_programs+=("${2:?}"); shift 2 ;;
         -h | --help) usage ;;
         --) shift; extras+=("$@"); break ;;
         -*) die "unknown option $1" ;;
@@ -41,10 +47,10 @@ while (($#)); do
     esac
 done
 [[ -n $out ]] || usage
-if [[ -z $busybox ]]; then
+if [[ -z $busybox ]] || ((${#tree_programs[@]})); then
     env_out=$("$here/env.sh")
     eval "$env_out"
-    busybox=$DAXFSD_VM_BUSYBOX
+    busybox=${busybox:-$DAXFSD_VM_BUSYBOX}
 fi
 [[ -x $busybox ]] || die "no busybox at $busybox"
 [[ -f $init ]] || die "no init script at $init"
@@ -92,6 +98,18 @@ for spec in "${extras[@]}"; do
     mode=0644
     [[ -x $src ]] && mode=0755
     install -m "$mode" "$src" "$stage$dest"
+done
+
+# Programs from the tree, with their libraries at the same paths (the initramfs has
+# usr -> ., so /usr/lib/... and /lib/... both land in /lib).
+for prog in "${tree_programs[@]}"; do
+    [[ $prog == /* && -x $DAXFSD_VM_TREE$prog ]] || die "no program $prog in $DAXFSD_VM_TREE"
+    readarray -t libs < <(chroot "$DAXFSD_VM_TREE" ldd "$prog" | grep -o '/[^ ]*')
+    ((${#libs[@]})) || die "ldd found no libraries for $prog in the tree"
+    for f in "$prog" "${libs[@]}"; do
+        mkdir -p "$stage$(dirname "$f")"
+        cp -L "$DAXFSD_VM_TREE$f" "$stage$f"
+    done
 done
 
 mkdir -p "$(dirname "$out")"
