@@ -263,40 +263,6 @@ fn a_host_process_the_supervisor_cannot_see_is_denied() {
     assert!(d.log().contains("(unseen"), "{}", d.log());
 }
 
-/// Under the host guard, host processes use the files the guest maps, so the guest's locks
-/// must be the host's: a DAX session negotiates lock forwarding, a guest lock on a mapped file
-/// stops a host locker, and taking it (a new open of ours) leaves the mapping alone. (Under
-/// leases the session keeps locks in the guest: tests/dax_window.rs.)
-#[test]
-fn guest_locks_on_a_mapped_file_are_the_hosts() {
-    let (d, c, node) = mapped();
-    assert_ne!(c.init.flags & (FUSE_POSIX_LOCKS as u32), 0, "lock forwarding not negotiated under the guard");
-    let fh = c.open(node, libc::O_RDWR).unwrap();
-    let lk = FileLock { start: 0, end: 99, typ: libc::F_WRLCK as u32, pid: 1 };
-    c.lk(Opcode::Setlk, node, fh, 7, lk, false).unwrap();
-    let host = std::fs::OpenOptions::new().read(true).write(true).open(d.path("f")).unwrap();
-    assert_eq!(
-        host_ofd_lock(&host, libc::F_WRLCK, 0, 100),
-        Err(libc::EAGAIN),
-        "the host does not see the guest's lock"
-    );
-    assert!(window_keeps(&c, 0, b"lock"), "taking the lock revoked the mapping:\n{}", d.log());
-    // Unlocked by the guest: the host gets it, and the guest then sees the host's lock.
-    c.lk(Opcode::Setlk, node, fh, 7, FileLock { typ: libc::F_UNLCK as u32, ..lk }, false).unwrap();
-    assert_eq!(host_ofd_lock(&host, libc::F_WRLCK, 0, 100), Ok(()));
-    assert_eq!(c.lk(Opcode::Setlk, node, fh, 7, lk, false).unwrap_err(), libc::EAGAIN);
-    assert_eq!(c.vmm.window().pieces().len(), 1);
-}
-
-/// F_OFD_SETLK on `f` for [start, start + len).
-fn host_ofd_lock(f: &std::fs::File, typ: i32, start: i64, len: i64) -> Result<(), i32> {
-    use std::os::fd::AsRawFd;
-    let fl = libc::flock { l_type: typ as i16, l_whence: libc::SEEK_SET as i16, l_start: start, l_len: len, l_pid: 0 };
-    // SAFETY: F_OFD_SETLK reads the flock struct passed; the fd is open for the call.
-    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &raw const fl) };
-    if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)) }
-}
-
 // Attacks an adversarial review found; each test failed on d036256 (its comment tells the
 // attack as it worked then).
 

@@ -83,10 +83,7 @@ fn init_offers_map_alignment_only_with_a_window() {
     let (_d, c) = dax_daemon();
     assert_ne!(c.init.flags & FUSE_MAP_ALIGNMENT as u32, 0);
     assert_eq!(c.init.map_alignment, 12);
-    // Under leases a mapped file has no other user: the guest's own locking is exact, and a
-    // lock owner's open would break the lease (under the host guard: tests/dax_guard.rs).
-    let (_d, leased) = dax_daemon_guarded_by("lease");
-    assert_eq!(leased.init.flags & FUSE_POSIX_LOCKS as u32, 0, "DAX sessions under leases keep locks in the guest");
+    assert_eq!(c.init.flags & FUSE_POSIX_LOCKS as u32, 0, "DAX sessions keep locks in the guest");
     assert_eq!(c.vmm.shmem_sizes().first(), Some(&(64 << 20)));
     // Same daemon, a frontend without SHMEM (QEMU's vhost-user-fs-pci): plain virtio-fs.
     let d = Daemon::start(&["--dax-window", "64M"]);

@@ -259,11 +259,6 @@ impl Dax {
         self.inner.host_guard.get().map_or(Ok(()), |g| g.start(weak, sock))
     }
 
-    /// Whether this daemon has a host guard (fanotify) for I5, rather than leases only.
-    pub fn has_host_guard(&self) -> bool {
-        self.inner.host_guard.get().is_some()
-    }
-
     /// Whether the host guard (rather than a lease) would protect mappings of `file`: its
     /// filesystem takes the guard's marks. Then the daemon may open the file again freely (no
     /// lease of its own to break).

@@ -235,9 +235,6 @@ pub struct FsCapabilities {
     pub allow_mmap_direct: bool,
     /// log2 of the mapping alignment when this connection has a DAX window.
     pub dax_alignment: Option<u16>,
-    /// Locks may be forwarded in a DAX session too (the host guard, not leases, protects the
-    /// mapped files: a lock owner's own open breaks nothing).
-    pub dax_locks: bool,
 }
 
 /// How the guest mounted with respect to DAX (what INIT negotiated).

@@ -70,29 +70,19 @@ fn query_fd(fs: &Passthrough, inode: &Inode, owner: u64) -> io::Result<Arc<Owned
     }
 }
 
-/// Whether `h`'s locks may be forwarded. A new open of a leased DAX inode would break our own
-/// lease and revoke the guest's mappings, so locks on DAX files are forwarded only where the
-/// host guard protects the file (ENOLCK otherwise). DAX sessions under leases do not negotiate
-/// lock forwarding, so there only a misbehaving guest gets here; under the guard, a file on a
-/// filesystem the guard cannot mark (tmpfs) gets ENOLCK.
-fn check_forwardable(fs: &Passthrough, h: &Handle) -> io::Result<()> {
-    let shared = match h.inode.dax_file.lock() {
-        Ok(f) => f.as_ref().map(|f| Arc::clone(&f.fd)),
-        Err(_) => return Err(errno(libc::ENOLCK)),
-    };
-    match (shared, fs.dax_session()) {
-        (Some(file), Some(dax)) if dax.guards(file.as_fd()) => Ok(()),
-        (Some(_), _) => {
-            crate::log_limit::warn_limited!("a lock on a DAX file the host guard cannot protect: ENOLCK");
-            Err(errno(libc::ENOLCK))
-        }
-        (None, _) => Ok(()),
+/// A new open of a DAX inode would break our own lease and revoke the guest's mappings, so
+/// locks on DAX files are not forwarded (ENOLCK). DAX sessions do not negotiate lock
+/// forwarding at all, so only a misbehaving guest gets here.
+fn check_not_dax(h: &Handle) -> io::Result<()> {
+    match h.inode.dax_file.lock() {
+        Ok(f) if f.is_some() => Err(errno(libc::ENOLCK)),
+        _ => Ok(()),
     }
 }
 
 /// F_GETLK: the first conflicting lock, or F_UNLCK.
 pub fn getlk(fs: &Passthrough, h: &Handle, req: LockRequest) -> io::Result<Lock> {
-    check_forwardable(fs, h)?;
+    check_not_dax(h)?;
     let mut fl = to_flock(req.lock)?;
     let fd = query_fd(fs, &h.inode, req.owner)?;
     sys::ofd_lock(fd.as_fd(), libc::F_OFD_GETLK, &mut fl)?;
@@ -105,7 +95,7 @@ pub fn getlk(fs: &Passthrough, h: &Handle, req: LockRequest) -> io::Result<Lock>
 
 /// F_SETLK/F_SETLKW, or flock when `req.flock`.
 pub fn setlk(fs: &Passthrough, h: &Handle, req: LockRequest) -> io::Result<()> {
-    check_forwardable(fs, h)?;
+    check_not_dax(h)?;
     if req.flock {
         let mut op = match i32::try_from(req.lock.typ).unwrap_or(-1) {
             libc::F_RDLCK => libc::LOCK_SH,

@@ -335,7 +335,6 @@ impl Filesystem for Passthrough {
             posix_locks: self.cfg.posix_locks,
             allow_mmap_direct: true,
             dax_alignment: self.cfg.dax.as_deref().filter(|d| d.is_active()).map(crate::dax::Dax::map_alignment),
-            dax_locks: self.cfg.dax.as_deref().is_some_and(crate::dax::Dax::has_host_guard),
         }
     }
 

@@ -64,11 +64,10 @@ impl<F: Filesystem> Server<F> {
         // guest use it; HAS_INODE_DAX (offered for dax=inode) enables FUSE_ATTR_DAX.
         if caps.dax_alignment.is_some() {
             wanted |= FUSE_MAP_ALIGNMENT | FUSE_HAS_INODE_DAX;
-            if offered & FUSE_MAP_ALIGNMENT != 0 && !caps.dax_locks {
-                // Under leases, forwarding locks needs an open per lock owner, which would
-                // break the lease that protects a mapped file (I5); leased files have no other
-                // user, so the guest's own locking is exact. Under the host guard, host
-                // processes share the mapped files: locks are forwarded.
+            if offered & FUSE_MAP_ALIGNMENT != 0 {
+                // Forwarding locks needs an open per lock owner, which would break the lease
+                // that protects a mapped file (I5); leased files have no other user, so the
+                // guest's own locking is exact.
                 wanted &= !(FUSE_POSIX_LOCKS | FUSE_FLOCK_LOCKS);
             }
         }
